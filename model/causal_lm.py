@@ -1,0 +1,111 @@
+"""The whole causal language model: token embedding -> decoder blocks -> final RMSNorm -> lm_head.
+
+    input_ids (B, T) -> embed (B, T, H) -> N x DecoderBlock -> norm -> lm_head -> logits (B, T, vocab)
+
+With `tie_word_embeddings` the head *is* the embedding matrix (one tensor, vocab x H), as in SmolLM2.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+from torch import nn
+
+from .config import ModelConfig
+from .layers import ATTENTION_FUNCTIONS, DecoderBlock, RMSNorm, build_attention_mask
+from .rope import RotaryEmbedding
+
+
+@dataclass
+class CausalLMOutput:
+    logits: torch.Tensor  # (B, T_kept, vocab)
+    # With output_hidden_states: num_hidden_layers + 1 tensors (B, T_kept, H): the embeddings, then each
+    # block's output *before* the final norm. (transformers puts norm(last block) in the last slot instead.)
+    hidden_states: tuple[torch.Tensor, ...] | None = None
+
+
+def default_position_ids(attention_mask: torch.Tensor | None, past_length: int, new_length: int,
+                         device: torch.device) -> torch.Tensor:
+    """Positions of the new tokens, (B, T). With left padding, a row's first real token is position 0."""
+    if attention_mask is None:
+        return torch.arange(past_length, past_length + new_length, device=device)[None, :]
+    positions = attention_mask.long().cumsum(-1) - 1  # count real tokens before each slot
+    return positions.clamp(min=0)[:, -new_length:]
+
+
+class CausalLM(nn.Module):
+    """A LLaMA-family decoder-only language model."""
+
+    def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
+        super().__init__()
+        self.config = config
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        self.layers = nn.ModuleList(DecoderBlock(config, i) for i in range(config.num_hidden_layers))
+        self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        if config.tie_word_embeddings:
+            self.lm_head.weight = self.embed_tokens.weight  # one matrix used twice: no copy
+        self.rotary = RotaryEmbedding(config)
+        self.set_attn_implementation(attn_implementation)
+        self.apply(self._init_weights)
+
+    def _init_weights(self, module: nn.Module) -> None:
+        """N(0, initializer_range) for matrices, zero biases (the HF LLaMA scheme); norms start at 1."""
+        if isinstance(module, (nn.Linear, nn.Embedding)):
+            nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
+            if getattr(module, "bias", None) is not None:
+                nn.init.zeros_(module.bias)
+
+    def set_attn_implementation(self, name: str) -> None:
+        """'eager' (the formula written out, for reading) or 'sdpa' (PyTorch's fused kernel, same result)."""
+        if name not in ATTENTION_FUNCTIONS:
+            raise ValueError(f"attn_implementation must be one of {sorted(ATTENTION_FUNCTIONS)}, got {name!r}")
+        for block in self.layers:
+            block.self_attn.attn_implementation = name
+
+    @property
+    def device(self) -> torch.device:
+        return self.embed_tokens.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.embed_tokens.weight.dtype
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                position_ids: torch.Tensor | None = None, cache=None, output_hidden_states: bool = False,
+                logits_to_keep: int = 0) -> CausalLMOutput:
+        """input_ids (B, T); attention_mask (B, past + T) with 0 for padding; cache updated in place.
+
+        logits_to_keep > 0 computes logits (and keeps hidden states) only for the last that many positions:
+        a decode step needs one, and the head is the largest matmul of a small model.
+        """
+        B, T = input_ids.shape
+        past = cache.get_seq_length() if cache is not None else 0
+        if position_ids is None:
+            position_ids = default_position_ids(attention_mask, past, T, input_ids.device)
+        x = self.embed_tokens(input_ids)  # (B, T, H)
+        cos, sin = self.rotary(position_ids, x.dtype)  # (B, T, d) each, shared by every block
+        mask = build_attention_mask(attention_mask, T, past + T, input_ids.device)  # (B, 1, T, S) or None
+        keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
+        hidden_states = [x[:, keep]] if output_hidden_states else None
+        for block in self.layers:
+            x = block(x, cos, sin, mask, cache)
+            if hidden_states is not None:
+                hidden_states.append(x[:, keep])
+        logits = self.lm_head(self.norm(x[:, keep]))  # (B, T_kept, vocab)
+        return CausalLMOutput(logits, tuple(hidden_states) if hidden_states is not None else None)
+
+    def early_exit_logits(self, hidden_states: Sequence[torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
+        """Logits as if the model stopped after each of `layers`: final norm + the same head (DoLa eq. 2).
+
+        hidden_states: the tuple from forward(output_hidden_states=True); index 0 = embeddings, j = block j.
+        Returns (len(layers), B, vocab) for the last position, computed in one batched matmul.
+        """
+        last = torch.stack([hidden_states[j][:, -1] for j in layers])  # (L, B, H)
+        return self.lm_head(self.norm(last))  # (L, B, vocab)
+
+    def num_parameters(self) -> int:
+        """Distinct parameters (a tied head is counted once)."""
+        return sum(p.numel() for p in self.parameters())

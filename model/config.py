@@ -1,0 +1,206 @@
+"""The model configuration: a dataclass whose fields are the keys of a Hugging Face `config.json`.
+
+`ModelConfig.from_dict(json.load(f))` checks every value and raises `ConfigError` naming the bad key.
+Nothing is rewritten silently: a derived value (e.g. `head_dim` when the file has none) is computed
+once, in `__post_init__`, only where the file leaves it unset, exactly as Hugging Face does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUPPORTED_MODEL_TYPES = ("llama", "gpt_oss")
+
+# Required keys of each rope_scaling type (transformers' modeling_rope_utils).
+ROPE_SCALING_KEYS: dict[str, set[str]] = {
+    "default": set(),
+    "linear": {"factor"},
+    "dynamic": {"factor"},
+    "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
+    "yarn": {"factor"},
+}
+
+# Keys that appear in real config.json files but do not change the computation.
+IGNORED_KEYS = {
+    "architectures", "transformers_version", "torch_dtype", "use_cache", "initializer_range",
+    "pretraining_tp", "attention_dropout", "_name_or_path", "output_router_logits",
+    "router_aux_loss_coef", "quantization_config", "_attn_implementation_autoset",
+}
+
+
+class ConfigError(ValueError):
+    """A config.json value is missing, of the wrong type, or impossible."""
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int | None = None
+    head_dim: int | None = None
+    hidden_act: str = "silu"
+    max_position_embeddings: int = 2048
+    rms_norm_eps: float = 1e-6
+    rope_theta: float = 10000.0
+    rope_scaling: dict[str, Any] | None = None
+    attention_bias: bool = False
+    mlp_bias: bool = False
+    tie_word_embeddings: bool = False
+    bos_token_id: int | None = None
+    eos_token_id: int | list[int] | None = None
+    pad_token_id: int | None = None
+    model_type: str = "llama"
+    torch_dtype: str | None = None
+    initializer_range: float = 0.02
+    # --- GPT-OSS only (model_type == "gpt_oss"); ignored by LLaMA blocks ---
+    num_local_experts: int = 0
+    num_experts_per_tok: int = 0
+    sliding_window: int | None = None
+    layer_types: list[str] | None = None
+    swiglu_limit: float = 7.0
+    # Keys the file had that this project does not use (kept so nothing is lost on save).
+    extra: dict[str, Any] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self._check_types()
+        if self.num_key_value_heads is None:  # HF: absent means multi-head attention
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:  # HF: absent means hidden_size / heads
+            if self.hidden_size % self.num_attention_heads:
+                raise ConfigError(
+                    f"hidden_size ({self.hidden_size}) must be divisible by num_attention_heads "
+                    f"({self.num_attention_heads}) when head_dim is not given"
+                )
+            self.head_dim = self.hidden_size // self.num_attention_heads
+        self._check_values()
+
+    # ------------------------------------------------------------------ checks
+    def _check_types(self) -> None:
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if f.name in _POSITIVE_INTS or (f.name in _OPTIONAL_POSITIVE_INTS and value is not None):
+                if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                    raise ConfigError(f"config key '{f.name}' must be a positive integer, got {value!r}")
+            if f.name in _POSITIVE_FLOATS:
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+                    raise ConfigError(f"config key '{f.name}' must be a positive number, got {value!r}")
+            if f.name in _BOOLS and not isinstance(value, bool):
+                raise ConfigError(f"config key '{f.name}' must be true or false, got {value!r}")
+
+    def _check_values(self) -> None:
+        if self.model_type not in SUPPORTED_MODEL_TYPES:
+            raise ConfigError(
+                f"config key 'model_type' is {self.model_type!r}; supported: {', '.join(SUPPORTED_MODEL_TYPES)}"
+            )
+        if self.num_attention_heads % self.num_key_value_heads:
+            raise ConfigError(
+                f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
+                f"num_key_value_heads ({self.num_key_value_heads}) for grouped-query attention"
+            )
+        if self.hidden_act != "silu":
+            raise ConfigError(f"config key 'hidden_act' is {self.hidden_act!r}; only 'silu' (SwiGLU) is supported")
+        self._check_rope_scaling()
+        self._check_token_ids()
+        if self.model_type == "gpt_oss":
+            self._check_gpt_oss()
+
+    def _check_rope_scaling(self) -> None:
+        if self.rope_scaling is None:
+            return
+        if not isinstance(self.rope_scaling, dict):
+            raise ConfigError(f"config key 'rope_scaling' must be an object or null, got {self.rope_scaling!r}")
+        rope_type = self.rope_type
+        if rope_type not in ROPE_SCALING_KEYS:
+            raise ConfigError(
+                f"rope_scaling type {rope_type!r} is not supported; use one of {sorted(ROPE_SCALING_KEYS)}"
+            )
+        missing = ROPE_SCALING_KEYS[rope_type] - set(self.rope_scaling)
+        if missing:
+            raise ConfigError(f"rope_scaling of type {rope_type!r} is missing key(s): {sorted(missing)}")
+        factor = self.rope_scaling.get("factor", 1.0)
+        if not isinstance(factor, (int, float)) or factor < 1.0:
+            raise ConfigError(f"rope_scaling 'factor' must be a number >= 1, got {factor!r}")
+
+    def _check_token_ids(self) -> None:
+        for key in ("bos_token_id", "pad_token_id", "eos_token_id"):
+            value = getattr(self, key)
+            ids = value if isinstance(value, list) else [value]
+            for token_id in ids:
+                if token_id is None:
+                    continue
+                if not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
+                    raise ConfigError(
+                        f"config key '{key}' = {value!r} is not a token id in [0, vocab_size={self.vocab_size})"
+                    )
+
+    def _check_gpt_oss(self) -> None:
+        if self.num_local_experts <= 0 or not 0 < self.num_experts_per_tok <= self.num_local_experts:
+            raise ConfigError(
+                f"gpt_oss needs num_local_experts > 0 and 0 < num_experts_per_tok <= num_local_experts, got "
+                f"{self.num_local_experts} and {self.num_experts_per_tok}"
+            )
+        if self.layer_types is not None:
+            if len(self.layer_types) != self.num_hidden_layers:
+                raise ConfigError(
+                    f"config key 'layer_types' has {len(self.layer_types)} entries for "
+                    f"num_hidden_layers={self.num_hidden_layers}"
+                )
+            bad = set(self.layer_types) - {"sliding_attention", "full_attention"}
+            if bad:
+                raise ConfigError(f"config key 'layer_types' has unknown entries {sorted(bad)}")
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def rope_type(self) -> str:
+        if not self.rope_scaling:
+            return "default"
+        return self.rope_scaling.get("rope_type", self.rope_scaling.get("type", "default"))
+
+    @property
+    def eos_token_ids(self) -> list[int]:
+        if self.eos_token_id is None:
+            return []
+        return list(self.eos_token_id) if isinstance(self.eos_token_id, list) else [self.eos_token_id]
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ModelConfig":
+        if not isinstance(data, dict):
+            raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        known = {k: v for k, v in data.items() if k in names}
+        extra = {k: v for k, v in data.items() if k not in names}
+        for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
+            if key not in known:
+                raise ConfigError(f"config is missing the required key '{key}'")
+        return cls(**known, extra=extra)
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> "ModelConfig":
+        path = Path(path)
+        if path.is_dir():
+            path = path / "config.json"
+        if not path.is_file():
+            raise ConfigError(f"no config.json at {path}: point to a Hugging Face style model folder")
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"{path} is not valid JSON: {err}") from None
+        return cls.from_dict(data)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}
+        return {**self.extra, **data}
+
+
+_POSITIVE_INTS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                  "max_position_embeddings"}
+_OPTIONAL_POSITIVE_INTS = {"num_key_value_heads", "head_dim", "sliding_window"}
+_POSITIVE_FLOATS = {"rms_norm_eps", "rope_theta"}
+_BOOLS = {"attention_bias", "mlp_bias", "tie_word_embeddings"}

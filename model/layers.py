@@ -1,0 +1,147 @@
+"""The building blocks of a LLaMA decoder: RMSNorm, grouped-query attention with RoPE, SwiGLU MLP, the block.
+
+Shapes use B = batch, T = new tokens in this call, S = all keys (cached + new), H = hidden size,
+n_heads / n_kv = query / key-value heads, d = head_dim.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .rope import apply_rotary
+
+
+class RMSNorm(nn.Module):
+    """y = x / sqrt(mean(x^2) + eps) * weight  (Zhang & Sennrich 2019); no mean subtraction, no bias."""
+
+    def __init__(self, hidden_size: int, eps: float):
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(hidden_size))
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        dtype = x.dtype
+        x = x.float()  # the mean of squares overflows / loses precision in half precision
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
+
+
+def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
+    """(B, n_kv, S, d) -> (B, n_kv * n_rep, S, d): each key/value head serves n_rep query heads (GQA)."""
+    if n_rep == 1:
+        return x
+    return x.repeat_interleave(n_rep, dim=1)
+
+
+def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                    scale: float) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v, written out. q (B, n_heads, T, d), k/v (B, n_kv, S, d)."""
+    n_rep = q.shape[1] // k.shape[1]
+    k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, n_heads, S, d)
+    scores = (q @ k.transpose(-2, -1)) * scale  # (B, n_heads, T, S)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, float("-inf"))
+    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    return probs @ v  # (B, n_heads, T, d)
+
+
+def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                   scale: float) -> torch.Tensor:
+    """The same computation through PyTorch's fused kernel; GQA handled inside it (no copy of k/v)."""
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
+                                          enable_gqa=q.shape[1] != k.shape[1])
+
+
+ATTENTION_FUNCTIONS = {"eager": eager_attention, "sdpa": sdpa_attention}
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention (Ainslie et al. 2023): n_heads queries share n_kv key/value heads."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.scale = self.head_dim**-0.5
+        bias = config.attention_bias
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.attn_implementation = "sdpa"
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache=None) -> torch.Tensor:
+        B, T, _ = x.shape
+        q = self.q_proj(x).view(B, T, self.n_heads, self.head_dim).transpose(1, 2)  # (B, n_heads, T, d)
+        k = self.k_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, n_kv, T, d)
+        v = self.v_proj(x).view(B, T, self.n_kv, self.head_dim).transpose(1, 2)  # (B, n_kv, T, d)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        if cache is not None:
+            # Keys are cached after RoPE, so cached positions never need rotating again.
+            k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv, S, d)
+        out = ATTENTION_FUNCTIONS[self.attn_implementation](q, k, v, mask, self.scale)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads * d)
+        return self.o_proj(out)
+
+
+class SwiGLU(nn.Module):
+    """down( silu(gate(x)) * up(x) )  (Shazeer 2020, "GLU Variants Improve Transformer")."""
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        H, I, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
+        self.gate_proj = nn.Linear(H, I, bias=bias)
+        self.up_proj = nn.Linear(H, I, bias=bias)
+        self.down_proj = nn.Linear(I, H, bias=bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class DecoderBlock(nn.Module):
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+
+    def __init__(self, config: ModelConfig, layer_idx: int):
+        super().__init__()
+        self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.self_attn = Attention(config, layer_idx)
+        self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
+        self.mlp = SwiGLU(config)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
+                cache=None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), cos, sin, mask, cache)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+def build_attention_mask(attention_mask: torch.Tensor | None, query_len: int, key_len: int,
+                         device: torch.device, sliding_window: int | None = None) -> torch.Tensor | None:
+    """Boolean mask (B or 1, 1, T, S), True where a query may attend to a key.
+
+    The T queries are the last T of the S key positions (the cache holds the first S - T). A query sees
+    keys at or before its own position, that are not padding, and (with a sliding window) that lie fewer
+    than `sliding_window` positions behind it. Every query always sees itself, so a padding query's row is
+    never empty (an empty row would turn softmax into NaN); its output is garbage that nobody reads.
+    """
+    if attention_mask is None and query_len == 1 and sliding_window is None:
+        return None  # one new token with no padding sees every cached key: no mask needed
+    query_pos = torch.arange(key_len - query_len, key_len, device=device)[:, None]  # (T, 1)
+    key_pos = torch.arange(key_len, device=device)[None, :]  # (1, S)
+    allowed = key_pos <= query_pos  # (T, S) causal
+    if sliding_window is not None:
+        allowed = allowed & (key_pos > query_pos - sliding_window)
+    allowed = allowed[None, None]  # (1, 1, T, S)
+    if attention_mask is not None:
+        if attention_mask.shape[-1] != key_len:
+            raise ValueError(
+                f"attention_mask covers {attention_mask.shape[-1]} positions but the cache plus input have "
+                f"{key_len}; pass a mask for the whole sequence so far"
+            )
+        allowed = allowed & attention_mask[:, None, None, :].bool()  # (B, 1, T, S)
+    return allowed | (key_pos == query_pos)[None, None]

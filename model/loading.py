@@ -1,0 +1,146 @@
+"""Loading Hugging Face style checkpoints: config.json + model.safetensors (or sharded with an index).
+
+The model is built on the meta device (no memory), every tensor's name, shape and dtype is checked against
+it from the file headers alone, and only then are the tensors attached with `load_state_dict(assign=True)`.
+safetensors memory-maps the file, so a checkpoint already in the wanted dtype is used in place: the weights
+exist once in memory, as the file's pages.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+
+from .causal_lm import CausalLM
+from .config import ModelConfig
+
+SINGLE_FILE = "model.safetensors"
+INDEX_FILE = "model.safetensors.index.json"
+
+
+class CheckpointError(ValueError):
+    """The checkpoint folder is missing files, or its tensors do not fit the config."""
+
+
+def hf_to_local_name(name: str) -> str:
+    """Hugging Face LlamaForCausalLM names -> ours: our CausalLM has no inner `model.` module."""
+    return name.removeprefix("model.")
+
+
+def checkpoint_files(folder: Path) -> dict[str, Path]:
+    """Tensor name (as stored) -> the file that holds it; reads only the index, never the weights."""
+    if (folder / INDEX_FILE).is_file():
+        try:
+            weight_map = json.loads((folder / INDEX_FILE).read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise CheckpointError(f"{folder / INDEX_FILE} is not a valid safetensors index ({err!r})") from None
+        files = {name: folder / shard for name, shard in weight_map.items()}
+        for shard in sorted(set(files.values())):
+            if not shard.is_file():
+                raise CheckpointError(f"the index {INDEX_FILE} points at shard '{shard.name}', which is missing "
+                                      f"from {folder}")
+        return files
+    if (folder / SINGLE_FILE).is_file():
+        return {name: folder / SINGLE_FILE for name in _open(folder / SINGLE_FILE).keys()}
+    raise CheckpointError(f"no {SINGLE_FILE} or {INDEX_FILE} in {folder}: is this a Hugging Face model folder?")
+
+
+def _open(path: Path):
+    try:
+        return safe_open(str(path), framework="pt")
+    except Exception as err:  # safetensors raises its own error type for a bad header or short file
+        raise CheckpointError(f"{path} is not a readable safetensors file ({err}); it is probably truncated or "
+                              f"corrupt: write or download it again") from None
+
+
+def read_headers(files: dict[str, Path]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Tensor name -> (shape, dtype name) from the headers alone."""
+    headers: dict[str, tuple[tuple[int, ...], str]] = {}
+    for path in sorted(set(files.values())):
+        handle = _open(path)
+        for name in handle.keys():
+            piece = handle.get_slice(name)
+            headers[name] = (tuple(piece.get_shape()), piece.get_dtype())
+    missing_from_shards = set(files) - set(headers)
+    if missing_from_shards:
+        raise CheckpointError(f"the index lists tensors that no shard contains: {sorted(missing_from_shards)[:5]}")
+    return headers
+
+
+def check_tensors(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[tuple[int, ...], str]],
+                  tied: bool) -> None:
+    """Raise CheckpointError for missing, unexpected, mis-shaped or non-float tensors (names as ours)."""
+    needed = set(expected) - ({"lm_head.weight"} if tied else set())
+    missing = sorted(needed - set(found))
+    if missing:
+        raise CheckpointError(f"checkpoint is missing {len(missing)} tensor(s) the config needs, e.g. "
+                              f"{missing[:5]}; does config.json belong to these weights?")
+    unexpected = sorted(set(found) - set(expected))
+    if unexpected:
+        raise CheckpointError(f"checkpoint has {len(unexpected)} tensor(s) this model does not use, e.g. "
+                              f"{unexpected[:5]}; does config.json belong to these weights?")
+    for name, (shape, dtype) in found.items():
+        if shape != expected[name]:
+            raise CheckpointError(f"tensor '{name}' has shape {list(shape)} in the checkpoint but the config "
+                                  f"needs {list(expected[name])}")
+        if dtype not in ("F32", "F16", "BF16", "F64"):
+            raise CheckpointError(f"tensor '{name}' is stored as {dtype}; expected a floating-point dtype")
+
+
+def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
+                    attn_implementation: str = "sdpa", check_finite: bool = False,
+                    name_map: Callable[[str], str] = hf_to_local_name) -> CausalLM:
+    """A Hugging Face style folder -> CausalLM in eval mode.
+
+    dtype None keeps the checkpoint's own dtype (the weights are then used in place, memory-mapped).
+    check_finite scans every tensor for NaN/inf (one pass over the weights).
+    """
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder {folder} does not exist")
+    config = ModelConfig.from_json(folder)
+    files = checkpoint_files(folder)
+    headers = {name_map(name): info for name, info in read_headers(files).items()}
+    with torch.device("meta"):
+        model = CausalLM(config, attn_implementation)
+    expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
+    check_tensors(expected, headers, config.tie_word_embeddings)
+
+    state = _read_state(files, name_map, dtype, device)
+    if config.tie_word_embeddings and "lm_head.weight" in state:
+        if not torch.equal(state.pop("lm_head.weight"), state["embed_tokens.weight"]):
+            raise CheckpointError("config says tie_word_embeddings=true but lm_head.weight differs from "
+                                  "embed_tokens.weight; set tie_word_embeddings to false in config.json")
+    if check_finite:
+        _check_finite(state)
+    model.load_state_dict(state, strict=not config.tie_word_embeddings, assign=True)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight  # assign=True replaced the shared Parameter
+    return model.to(device=device).eval()
+
+
+def _read_state(files: dict[str, Path], name_map: Callable[[str], str], dtype: torch.dtype | None,
+                device: str | torch.device | None) -> dict[str, torch.Tensor]:
+    state: dict[str, torch.Tensor] = {}
+    by_file: dict[Path, list[str]] = {}
+    for name, path in files.items():
+        by_file.setdefault(path, []).append(name)
+    for path, names in by_file.items():
+        handle = _open(path)
+        for name in names:
+            try:
+                tensor = handle.get_tensor(name)  # memory-mapped: no copy yet
+            except Exception as err:
+                raise CheckpointError(f"cannot read tensor '{name}' from {path} ({err}); the file is corrupt") from None
+            state[name_map(name)] = tensor.to(dtype=dtype or tensor.dtype, device=device)
+    return state
+
+
+def _check_finite(state: dict[str, torch.Tensor]) -> None:
+    for name, tensor in state.items():
+        if not torch.isfinite(tensor).all():
+            raise CheckpointError(f"tensor '{name}' contains NaN or inf values: the checkpoint is broken")

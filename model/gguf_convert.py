@@ -210,7 +210,7 @@ def tokenizer_config(reader: GGUFReader, tokenizer: dict[str, Any], config: dict
     specials = [t["content"] for t in tokenizer["added_tokens"] if t["special"]]
     return {
         "tokenizer_class": "GPT2Tokenizer",
-        # The chat template writes <|im_start|> itself, so encoding must not add one more.
+        # False for SmolLM2: its chat template writes <|im_start|> itself, so encoding must not add another.
         "add_bos_token": bool(read_field(reader, "tokenizer.ggml.add_bos_token", False)),
         "add_eos_token": bool(read_field(reader, "tokenizer.ggml.add_eos_token", False)),
         "add_prefix_space": bool(read_field(reader, "tokenizer.ggml.add_space_prefix", False)),

@@ -1,0 +1,66 @@
+"""DynamicCache against transformers' DynamicCache, and its memory against the lesson-5 formula."""
+
+from __future__ import annotations
+
+import torch
+from transformers.cache_utils import DynamicCache as HFDynamicCache
+
+from cache import DynamicCache, kv_cache_bytes
+from conftest import save_tiny_llama
+from model import load_pretrained
+
+
+def random_kv(generator, batch=3, heads=2, length=4, dim=8):
+    shape = (batch, heads, length, dim)
+    return torch.randn(shape, generator=generator), torch.randn(shape, generator=generator)
+
+
+def assert_same(ours: DynamicCache, theirs: HFDynamicCache):
+    assert ours.get_seq_length() == theirs.get_seq_length()
+    for layer_idx, layer in enumerate(ours.layers):
+        assert torch.equal(layer.keys, theirs.layers[layer_idx].keys)
+        assert torch.equal(layer.values, theirs.layers[layer_idx].values)
+
+
+def test_update_crop_reorder_repeat_like_transformers():
+    g = torch.Generator().manual_seed(0)
+    ours, theirs = DynamicCache(2), HFDynamicCache()
+    for step_len in (4, 1, 1, 3):
+        for layer_idx in range(2):
+            k, v = random_kv(g, length=step_len)
+            a = ours.update(layer_idx, k, v)
+            b = theirs.update(k, v, layer_idx)
+            assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert_same(ours, theirs)
+    ours.crop(6), theirs.crop(6)
+    assert_same(ours, theirs)
+    beam_idx = torch.tensor([2, 0, 0])
+    ours.reorder(beam_idx), theirs.reorder_cache(beam_idx)
+    assert_same(ours, theirs)
+    ours.repeat_interleave(2), theirs.batch_repeat_interleave(2)
+    assert_same(ours, theirs)
+    assert ours.layers[0].keys.shape == (6, 2, 6, 8)
+
+
+def test_nbytes_equals_the_course_formula():
+    g = torch.Generator().manual_seed(1)
+    for dtype in (torch.float32, torch.bfloat16):
+        cache = DynamicCache(3)
+        for layer_idx in range(3):
+            k, v = random_kv(g, batch=2, heads=3, length=7, dim=16)
+            cache.update(layer_idx, k.to(dtype), v.to(dtype))
+        expected = 2 * 3 * 2 * 3 * 7 * 16 * (4 if dtype == torch.float32 else 2)  # written out by hand
+        assert cache.nbytes() == expected == kv_cache_bytes(3, 2, 3, 7, 16, dtype)
+
+
+def test_model_cache_grows_one_position_per_step(tmp_path):
+    save_tiny_llama(tmp_path, num_hidden_layers=3, num_attention_heads=4, num_key_value_heads=1)
+    model = load_pretrained(tmp_path)
+    cache = DynamicCache(3)
+    ids = torch.tensor([[5, 6, 7, 8]])
+    with torch.no_grad():
+        model(ids, cache=cache)
+        model(torch.tensor([[9]]), cache=cache)
+    assert cache.get_seq_length() == 5
+    # 2 x 3 layers x batch 1 x 1 kv head x 5 positions x head_dim 8 x 4 bytes
+    assert cache.nbytes() == 2 * 3 * 1 * 1 * 5 * 8 * 4

@@ -31,7 +31,8 @@ Layers are numbered like `hidden_states`: 0 = embeddings, j = output of block j,
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -155,14 +156,15 @@ def paper_dola_scores(final_logits: torch.Tensor, premature_logits: torch.Tensor
                       alpha: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The whole "paper" step. final (B, V); premature (L, B, V) early-exit logits (final norm applied).
 
-    Returns (contrast scores (B, V), premature layer per row (B,), JSD (B, L)).
+    Returns (log p_hat (B, V), premature layer per row (B,), JSD (B, L)). log p_hat = log_softmax(F) is
+    what the paper samples from; beam search adds it to the beam scores as a log-probability.
     """
     final_lp = final_logits.float().log_softmax(-1)  # (B, V)
     premature_lp = premature_logits.float().log_softmax(-1)  # (L, B, V)
     index, jsd = select_premature_layer(final_lp, premature_lp)
     chosen_lp = premature_lp[index, torch.arange(final_lp.shape[0], device=index.device)]  # (B, V)
     chosen = torch.as_tensor(list(layers), device=index.device)[index]  # (B,) layer numbers
-    return dola_contrast(final_lp, chosen_lp, alpha), chosen, jsd
+    return dola_contrast(final_lp, chosen_lp, alpha).log_softmax(-1), chosen, jsd
 
 
 def transformers_dola_scores(final_logits: torch.Tensor, premature_logits: torch.Tensor, layers: Sequence[int],
@@ -190,3 +192,40 @@ def transformers_dola_scores(final_logits: torch.Tensor, premature_logits: torch
     premature_lp = premature_logits[index].log_softmax(dim=-1)
     chosen = torch.full((B,), layers[index], dtype=torch.long, device=final_logits.device)
     return dola_contrast(final_lp, premature_lp, alpha), chosen, score
+
+
+# ------------------------------------------------------------------------------------ the loop step
+
+@dataclass(frozen=True)
+class DoLa:
+    """The decode-loop step: replaces the scores (B, V) by DoLa's contrast. Build it with `DoLa.for_model`.
+
+    "paper" sits after the penalties (they act on the last layer's logits first); "transformers" must be
+    the first step, so that the penalties and warpers run after the contrast, as in transformers.
+    Records per step: `dola_premature_layer` (B,) and `dola_jsd` (B, L) (the variant's own score).
+    """
+
+    layers: tuple[int, ...]  # candidate premature layers J
+    variant: str = "paper"
+    alpha: float = 0.1
+    needs_hidden_states: ClassVar[bool] = True
+
+    @classmethod
+    def for_model(cls, config, dola_layers: str | Sequence[int], dola_variant: str = "paper",
+                  alpha: float = 0.1) -> "DoLa":
+        """Check the arguments against the model config (before any forward pass) and build the step."""
+        check_dola_arguments(dola_variant, alpha)
+        layers = dola_candidate_layers(dola_layers, config.num_hidden_layers, config.tie_word_embeddings)
+        return cls(tuple(layers), dola_variant, float(alpha))
+
+    def __call__(self, scores: torch.Tensor, ctx) -> torch.Tensor:
+        if self.variant == "paper":
+            premature = ctx.model.early_exit_logits(ctx.hidden_states, self.layers)  # (L, B, V), eq. 2
+            new_scores, chosen, jsd = paper_dola_scores(scores, premature, self.layers, self.alpha)
+        else:  # transformers applies lm_head to the raw hidden state, without the final norm
+            last = torch.stack([ctx.hidden_states[j][:, -1] for j in self.layers])  # (L, B, H)
+            premature = ctx.model.lm_head(last)  # (L, B, V)
+            new_scores, chosen, jsd = transformers_dola_scores(scores, premature, self.layers, self.alpha)
+        ctx.record("dola_premature_layer", chosen)
+        ctx.record("dola_jsd", jsd)
+        return new_scores

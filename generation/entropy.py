@@ -22,10 +22,13 @@ Layers are numbered like `hidden_states`: j = output of block j, 1..N, with N th
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .steps import apply_logits_steps
 
 ENTROPY_STRATEGIES = ("trough", "random_after")
 
@@ -97,3 +100,77 @@ def walk_to_trough(layer_costs: Callable[[list[int]], torch.Tensor], last_cost: 
         if bool((trough_index(costs) > 0).all()):  # every walk stopped above the lowest computed layer
             break
     return trough_index(costs) + below, computed, costs
+
+
+# ------------------------------------------------------------------------------------ the loop step
+
+@dataclass(frozen=True)
+class EntropyLayerChoice:
+    """The decode-loop step: scores of the layer chosen by entropy replace the last layer's. (B, V) -> (B, V).
+
+    It wraps the loop's other steps (`processors`: penalties, temperature, top-k/p, ...) because each
+    layer's logits go through them before their entropy is measured (seed 000, section 4.1, step 3); the
+    loop then runs this one step. In beam search the loop hands over log-probabilities, so every layer's
+    logits are log-softmaxed first too (`log_prob_inputs`).
+
+    Records per step: `entropy_selected_layer_indices` (B,) layer numbers 1..N; with `record_tokens` every
+    layer is computed and `entropy_per_layer_token_ids` (B, N) (each layer's top processed token) and
+    `entropy_per_layer` (B, N) (the entropies, layer j in column j-1) are recorded as well.
+    """
+
+    processors: tuple = ()
+    strategy: str = "trough"
+    normalize: bool = False
+    consistency_alpha: float | None = None
+    record_tokens: bool = False
+    log_prob_inputs: bool = False
+    needs_hidden_states: ClassVar[bool] = True
+
+    def __post_init__(self) -> None:
+        check_entropy_arguments(self.strategy, self.consistency_alpha)
+
+    def __call__(self, scores: torch.Tensor, ctx) -> torch.Tensor:
+        N = ctx.model.config.num_hidden_layers
+        layers = list(range(1, N + 1))
+        processed = {N: apply_logits_steps(self.processors, scores, ctx)}  # layer -> (B, V) processed scores
+        entropies: dict[int, torch.Tensor] = {}  # layer -> (B,)
+
+        def layer_costs(chunk: list[int]) -> torch.Tensor:
+            if chunk != [N]:
+                processed.update(zip(chunk, self._process(chunk, ctx)))
+            return self._costs(chunk, processed, entropies, ctx)  # (B, len(chunk))
+
+        last_cost = layer_costs([N])[:, 0]  # (B,)
+        if self.record_tokens:  # every layer is needed for the records: one batched matmul, no walk
+            costs = torch.cat([layer_costs(layers[:-1]), last_cost[:, None]], dim=1)  # (B, N)
+            trough, computed = trough_index(costs), layers
+        else:
+            trough, computed, costs = walk_to_trough(layer_costs, last_cost, layers)
+        chosen = trough if self.strategy == "trough" else random_after_index(trough, N - 1, ctx.generator)
+        stacked = torch.stack([processed[j] for j in computed])  # (L_c, B, V)
+        rows = torch.arange(scores.shape[0], device=scores.device)
+        new_scores = stacked[chosen - (N - len(computed)), rows]  # (B, V)
+        ctx.record("entropy_selected_layer_indices", chosen + 1)  # (B,) layer numbers
+        if self.record_tokens:
+            ctx.record("entropy_per_layer_token_ids", stacked.argmax(-1).T)  # (B, N)
+            ctx.record("entropy_per_layer", torch.stack([entropies[j] for j in layers], dim=1))  # (B, N)
+        return new_scores
+
+    def _process(self, chunk: list[int], ctx) -> torch.Tensor:
+        """Early-exit logits of `chunk` (one matmul), through the processors: (L_c, B, V)."""
+        logits = ctx.model.early_exit_logits(ctx.hidden_states, chunk).float()  # (L_c, B, V)
+        if self.log_prob_inputs:
+            logits = logits.log_softmax(-1)
+        L, B, V = logits.shape
+        # The processors see L_c * B rows; row l * B + b continues sequence b, so repeat the history L_c times.
+        layer_ctx = replace(ctx, input_ids=ctx.input_ids.repeat(L, 1), logits=logits.reshape(L * B, V))
+        return apply_logits_steps(self.processors, logits.reshape(L * B, V), layer_ctx).view(L, B, V)
+
+    def _costs(self, chunk: list[int], processed: dict, entropies: dict, ctx) -> torch.Tensor:
+        """Entropy (or the consistency cost) of the processed scores of `chunk`: (B, L_c)."""
+        entropy = entropy_bits(torch.stack([processed[j] for j in chunk]), self.normalize)  # (L_c, B)
+        entropies.update(zip(chunk, entropy))
+        if self.consistency_alpha is not None:
+            hidden = torch.stack([ctx.hidden_states[j][:, -1] for j in chunk])  # (L_c, B, H)
+            entropy = consistency_cost(entropy, hidden, ctx.hidden_states[-1][:, -1], self.consistency_alpha)
+        return entropy.T

@@ -1,0 +1,95 @@
+"""The entry points: `generate(model, input_ids, **options)` and its streaming form `stream(...)`.
+
+Both check every option (generation/options.py) before the first forward pass, build the ordered list of
+logits steps, and run the decode loop (generation/loop.py) or beam search (generation/beam.py).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+import torch
+
+from .beam import beam_search
+from .loop import GenerateOutput, decode_loop, reason_names
+from .options import GenerationOptions, build_logits_steps, check_inputs
+from .steps import select_greedy, select_sample
+from .stopping import StopConditions
+
+
+def _prepare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, options: dict[str, Any]):
+    """Validate, resolve the defaults that come from the model, and build the steps and stop conditions."""
+    opts = GenerationOptions(**options)
+    check_inputs(opts, model, input_ids, attention_mask)
+    eos = opts.eos_token_ids(model.config)
+    steps = build_logits_steps(opts, num_eos=len(eos))
+    stop = StopConditions(torch.tensor(eos, dtype=torch.long, device=input_ids.device), input_ids.shape[1],
+                          opts.max_new_tokens, tuple(opts.stop_string_list()), opts.tokenizer)
+    generator = opts.generator
+    if generator is None and opts.sampling:
+        generator = torch.Generator(device=model.device)
+        generator.seed()  # a fresh random seed; pass generator=... to make a run reproducible
+    if attention_mask is not None and bool(attention_mask.all()):
+        attention_mask = None  # no padding: the model's plain causal path is the same and faster
+    return opts, steps, stop, generator, attention_mask
+
+
+@torch.no_grad()
+def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+             **options: Any) -> GenerateOutput:
+    """Continue each prompt of the batch. input_ids (B, T) left-padded, attention_mask (B, T) with 0 for pads.
+
+    options: the fields of `GenerationOptions` (transformers' names: max_new_tokens, do_sample, temperature,
+    top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty, early_stopping,
+    num_return_sequences, eos_token_id, pad_token_id, stop_strings, tokenizer, output_scores, generator,
+    logits_steps). Returns GenerateOutput: .sequences (B * num_return_sequences, T + new), .stop_reasons,
+    .scores (with output_scores=True), .sequences_scores (beam search), .records (from your steps).
+    """
+    opts, steps, stop, generator, attention_mask = _prepare(model, input_ids, attention_mask, options)
+    pad = opts.resolved_pad_token_id(model.config)
+    records: dict[str, list] = {}
+    if opts.num_beams > 1:
+        return beam_search(model, input_ids, attention_mask, steps, stop, num_beams=opts.num_beams,
+                           length_penalty=opts.length_penalty, early_stopping=opts.early_stopping,
+                           num_return_sequences=opts.num_return_sequences, do_sample=opts.sampling,
+                           pad_token_id=pad, generator=generator, output_scores=opts.output_scores, records=records)
+    if opts.num_return_sequences > 1:  # several samples per prompt: repeat each prompt, as transformers does
+        input_ids = input_ids.repeat_interleave(opts.num_return_sequences, dim=0)
+        if attention_mask is not None:
+            attention_mask = attention_mask.repeat_interleave(opts.num_return_sequences, dim=0)
+    select = select_sample if opts.sampling else select_greedy
+    new_tokens, scores, reasons = [], [], None
+    for step in decode_loop(model, input_ids, attention_mask, steps, select, stop, pad, generator, records):
+        new_tokens.append(step.tokens)
+        scores.append(step.scores)
+        reasons = step.reasons
+    sequences = torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
+    return GenerateOutput(sequences, input_ids.shape[1], reason_names(reasons),
+                          scores=tuple(scores) if opts.output_scores else None, records=records)
+
+
+def stream(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+           **options: Any) -> Iterator[torch.Tensor]:
+    """Like generate(), but yields each step's new tokens, (B,), as soon as they are chosen.
+
+    Options are checked here, at the call, before the first token. Rows that have finished yield
+    pad_token_id. Beam search cannot stream (the best beam is only known at the end): num_beams must be 1.
+
+        for tokens in stream(model, ids, max_new_tokens=50):
+            print(tokenizer.decode(tokens.tolist()), end="", flush=True)
+    """
+    if options.get("num_beams", 1) != 1:
+        raise ValueError("stream() needs num_beams=1: beam search only knows its best sequence at the end; "
+                         "use generate() for beam search")
+    if options.get("num_return_sequences", 1) != 1:
+        raise ValueError("stream() returns one sequence per prompt: use num_return_sequences=1")
+    opts, steps, stop, generator, attention_mask = _prepare(model, input_ids, attention_mask, options)
+    select = select_sample if opts.sampling else select_greedy
+    pad = opts.resolved_pad_token_id(model.config)
+    return _stream_tokens(model, input_ids, attention_mask, steps, select, stop, pad, generator)
+
+
+@torch.no_grad()  # on a generator function, torch enters and leaves no_grad around each next()
+def _stream_tokens(model, input_ids, attention_mask, steps, select, stop, pad, generator) -> Iterator[torch.Tensor]:
+    for step in decode_loop(model, input_ids, attention_mask, steps, select, stop, pad, generator, {}):
+        yield step.tokens

@@ -1,0 +1,103 @@
+"""The decode loop: prefill the prompt once, then one token per step with the KV cache.
+
+    prefill(prompt) -> logits at the last position
+    repeat:  scores = logits steps(logits)  ->  token = select(scores)  ->  stop?  ->  decode_one_token(token)
+
+Each strategy is a logits step (generation/steps.py) or the token selector; the loop never changes when
+one is added. `decode_loop` yields a `DecodeStep` per token, so `generate` and `stream` share it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable, Iterator, Sequence
+
+import torch
+
+from cache import DynamicCache
+
+from .steps import LogitsStep, StepContext, apply_logits_steps, needs_hidden_states
+from .stopping import STOP_REASONS, StopConditions
+
+
+def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: DynamicCache,
+            output_hidden_states: bool = False):
+    """Run the whole prompt (B, T) once, filling `cache`. Logits (B, 1, V) only for the last position:
+    the other positions' predictions are never used, and the vocabulary matmul is the biggest one."""
+    return model(input_ids, attention_mask=attention_mask, cache=cache,
+                 output_hidden_states=output_hidden_states, logits_to_keep=1)
+
+
+def decode_one_token(model, tokens: torch.Tensor, attention_mask: torch.Tensor | None, cache: DynamicCache,
+                     output_hidden_states: bool = False):
+    """Feed the newest tokens (B, 1); the cache supplies every earlier key and value.
+    attention_mask, when given, covers the cached positions plus this one: (B, past + 1)."""
+    return model(tokens, attention_mask=attention_mask, cache=cache,
+                 output_hidden_states=output_hidden_states, logits_to_keep=1)
+
+
+def extend_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The mask one position longer: the token just chosen is real (a pad after the end is never attended
+    to by a real token, because that row is finished)."""
+    if attention_mask is None:
+        return None
+    return torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=-1)
+
+
+@dataclass
+class DecodeStep:
+    """What one iteration of the loop produced."""
+
+    tokens: torch.Tensor  # (B,) the chosen tokens (pad for rows that had already finished)
+    scores: torch.Tensor  # (B, V) the processed scores they were chosen from
+    reasons: torch.Tensor  # (B,) stop reason codes so far (0 = still running), see stopping.py
+
+
+@dataclass
+class GenerateOutput:
+    sequences: torch.Tensor  # (N, prompt + new) prompt (with its left padding) followed by the new tokens
+    prompt_length: int
+    stop_reasons: list[str]  # per row: "eos", "stop_string" or "max_new_tokens"
+    scores: tuple[torch.Tensor, ...] | None = None  # per step (N, V) processed scores, with output_scores=True
+    sequences_scores: torch.Tensor | None = None  # (N,) beam search: length-penalised sum of log-probs
+    records: dict[str, list] = field(default_factory=dict)  # what steps stored with ctx.record(name, value)
+
+    @property
+    def new_tokens(self) -> torch.Tensor:
+        """(N, new) the generated part only."""
+        return self.sequences[:, self.prompt_length:]
+
+
+def decode_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                steps: Sequence[LogitsStep], select: Callable, stop: StopConditions, pad_token_id: int | None,
+                generator: torch.Generator | None, records: dict[str, list]) -> Iterator[DecodeStep]:
+    """Greedy or sampled decoding of a batch; each row ends on its own and gets pad tokens afterwards.
+
+    input_ids (B, T) left-padded prompts; select(scores, generator) -> (B,) tokens. Stops when every row
+    has a stop reason (max_new_tokens is one of them, so the loop always ends).
+    """
+    B, prompt_length = input_ids.shape
+    hidden = needs_hidden_states(steps)  # ask for every layer's hidden state only if a step uses them
+    cache = DynamicCache(model.config.num_hidden_layers)
+    sequences = input_ids
+    reasons = torch.zeros(B, dtype=torch.long, device=input_ids.device)
+    out = prefill(model, input_ids, attention_mask, cache, hidden)
+    for step in range(stop.max_new_tokens):
+        logits = out.logits[:, -1].float()  # (B, V)
+        ctx = StepContext(sequences, prompt_length, logits, out.hidden_states, model, generator, step, records)
+        scores = apply_logits_steps(steps, logits, ctx)
+        tokens = select(scores, generator)  # (B,)
+        finished = reasons > 0
+        if finished.any():
+            tokens = tokens.masked_fill(finished, pad_token_id)  # a finished row only grows padding
+        sequences = torch.cat([sequences, tokens[:, None]], dim=-1)
+        reasons = torch.where(finished, reasons, stop(sequences))
+        yield DecodeStep(tokens, scores, reasons)
+        if (reasons > 0).all():
+            return
+        attention_mask = extend_mask(attention_mask)
+        out = decode_one_token(model, tokens[:, None], attention_mask, cache, hidden)
+
+
+def reason_names(reasons: torch.Tensor) -> list[str]:
+    return [STOP_REASONS[int(code)] for code in reasons]

@@ -1,5 +1,8 @@
 """Key/value caches for incremental decoding."""
 
 from .dynamic import DynamicCache, DynamicLayer, kv_cache_bytes
+from .sliding import SlidingWindowLayer, cache_for_config
+from .static import StaticCache, StaticLayer
 
-__all__ = ["DynamicCache", "DynamicLayer", "kv_cache_bytes"]
+__all__ = ["DynamicCache", "DynamicLayer", "SlidingWindowLayer", "StaticCache", "StaticLayer", "cache_for_config",
+           "kv_cache_bytes"]

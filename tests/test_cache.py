@@ -64,3 +64,29 @@ def test_model_cache_grows_one_position_per_step(tmp_path):
     assert cache.get_seq_length() == 5
     # 2 x 3 layers x batch 1 x 1 kv head x 5 positions x head_dim 8 x 4 bytes
     assert cache.nbytes() == 2 * 3 * 1 * 1 * 5 * 8 * 4
+
+
+def test_static_cache_gives_the_same_logits_as_the_dynamic_one(tmp_path):
+    from cache import StaticCache
+
+    save_tiny_llama(tmp_path, num_hidden_layers=2)
+    model = load_pretrained(tmp_path)
+    ids = torch.randint(3, 97, (2, 9), generator=torch.Generator().manual_seed(5))
+    mask = torch.ones_like(ids)
+    mask[1, :2] = 0
+    results = []
+    for cache in (DynamicCache(2), StaticCache(2, max_length=16)):
+        with torch.no_grad():
+            steps = [model(ids[:, :4], attention_mask=mask[:, :4], cache=cache).logits]
+            steps += [model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache).logits for t in range(4, 9)]
+        results.append((torch.cat(steps, 1), cache))
+    (dyn, dyn_cache), (static, static_cache) = results
+    assert torch.equal(dyn[mask.bool()], static[mask.bool()])
+    assert static_cache.get_seq_length() == 9 and static_cache.nbytes() == dyn_cache.nbytes()
+    static_cache.crop(5), dyn_cache.crop(5)
+    static_cache.reorder(torch.tensor([1, 1])), dyn_cache.reorder(torch.tensor([1, 1]))
+    k, v = static_cache.layers[0].update(dyn_cache.layers[0].keys[:, :, -1:], dyn_cache.layers[0].values[:, :, -1:])
+    assert torch.equal(k[:, :, :5], dyn_cache.layers[0].keys) and k.shape[-2] == 6
+    import pytest
+    with pytest.raises(ValueError, match="StaticCache is full: 17 positions needed, 16 allocated"):
+        static_cache.layers[1].update(torch.zeros(2, 2, 12, 8), torch.zeros(2, 2, 12, 8))

@@ -9,7 +9,8 @@
 
 Files: steps.py (the logits steps and token selectors), loop.py (prefill, decode_one_token, the loop),
 beam.py (beam search), stopping.py (EOS / stop strings / length), options.py (checks every argument),
-api.py (generate, stream).
+api.py (generate, stream). Layer selection: dola.py (DoLa), entropy.py (entropy-based layer choice),
+layer_selection.py (their generate() options), scoring.py (teacher-forced log-probabilities).
 
 The step protocol
 -----------------
@@ -76,6 +77,9 @@ model.config's, [] means no end token; stop strings are matched on the generated
 
 from .api import generate, stream
 from .beam import beam_search
+from .dola import DoLa
+from .entropy import EntropyLayerChoice
+from .layer_selection import LayerSelectionOptions, stack_records
 from .loop import DecodeStep, GenerateOutput, decode_loop, decode_one_token, prefill
 from .options import GenerationOptions, build_logits_steps, check_inputs
 from .steps import (MinP, NoRepeatNGram, RepetitionPenalty, StepContext, Temperature, TopK, TopP,
@@ -89,4 +93,5 @@ __all__ = [
     "RepetitionPenalty", "StepContext", "Temperature", "TopK", "TopP", "apply_logits_steps", "min_p_filter",
     "needs_hidden_states", "no_repeat_ngram", "repetition_penalty", "select_greedy", "select_sample",
     "temperature_scale", "top_k_filter", "top_p_filter", "STOP_REASONS", "StopConditions",
+    "DoLa", "EntropyLayerChoice", "LayerSelectionOptions", "stack_records",
 ]

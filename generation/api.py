@@ -11,6 +11,7 @@ from typing import Any, Iterator
 import torch
 
 from .beam import beam_search
+from .layer_selection import LayerSelectionOptions, finish_layer_selection_records
 from .loop import GenerateOutput, decode_loop, reason_names
 from .options import GenerationOptions, build_logits_steps, check_inputs
 from .steps import select_greedy, select_sample
@@ -19,6 +20,7 @@ from .stopping import StopConditions
 
 def _prepare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, options: dict[str, Any]):
     """Validate, resolve the defaults that come from the model, and build the steps and stop conditions."""
+    layer_selection = LayerSelectionOptions.pop_from(options)  # dola_layers, entropy_decoding, ...
     opts = GenerationOptions(**options)
     check_inputs(opts, model, input_ids, attention_mask)
     eos = opts.eos_token_ids(model.config)
@@ -29,6 +31,7 @@ def _prepare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     if generator is None and opts.sampling:
         generator = torch.Generator(device=model.device)
         generator.seed()  # a fresh random seed; pass generator=... to make a run reproducible
+    steps = layer_selection.place_steps(steps, model.config, opts.num_beams, generator)
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None  # no padding: the model's plain causal path is the same and faster
     return opts, steps, stop, generator, attention_mask
@@ -42,7 +45,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     options: the fields of `GenerationOptions` (transformers' names: max_new_tokens, do_sample, temperature,
     top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty, early_stopping,
     num_return_sequences, eos_token_id, pad_token_id, stop_strings, tokenizer, output_scores, generator,
-    logits_steps). Returns GenerateOutput: .sequences (B * num_return_sequences, T + new), .stop_reasons,
+    logits_steps); and the layer-selection options of generation/layer_selection.py: dola_layers,
+    dola_variant, dola_alpha, entropy_decoding, entropy_record_tokens, entropy_normalize, entropy_consistency_alpha). Returns GenerateOutput: .sequences (B * num_return_sequences, T + new), .stop_reasons,
     .scores (with output_scores=True), .sequences_scores (beam search), .records (from your steps).
     """
     opts, steps, stop, generator, attention_mask = _prepare(model, input_ids, attention_mask, options)
@@ -63,6 +67,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         new_tokens.append(step.tokens)
         scores.append(step.scores)
         reasons = step.reasons
+    finish_layer_selection_records(records, new_tokens)
     sequences = torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)
     return GenerateOutput(sequences, input_ids.shape[1], reason_names(reasons),
                           scores=tuple(scores) if opts.output_scores else None, records=records)

@@ -59,7 +59,7 @@ class LayerSelectionOptions:
         """Remove this dataclass's names from a generate() keyword dict and check them."""
         return cls(**{f.name: options.pop(f.name) for f in fields(cls) if f.name in options})
 
-    def place_steps(self, steps: list, config, num_beams: int) -> list:
+    def place_steps(self, steps: list, config, num_beams: int, generator: torch.Generator | None) -> list:
         """The loop's step list with the DoLa or entropy step put in place (checked against the config)."""
         if self.dola_layers is not None:
             dola = DoLa.for_model(config, self.dola_layers, self.dola_variant, self.dola_alpha)
@@ -73,15 +73,19 @@ class LayerSelectionOptions:
                 penalties += 1
             return [*steps[:penalties], dola, *steps[penalties:]]
         if self.entropy_decoding is not None:
+            if self.entropy_decoding == "random_after" and generator is None:
+                raise ValueError("entropy_decoding='random_after' draws a layer at every step: pass "
+                                 "generator=torch.Generator().manual_seed(...) so the draws are reproducible")
             return [EntropyLayerChoice(tuple(steps), self.entropy_decoding, self.entropy_normalize,
                                        self.entropy_consistency_alpha, self.entropy_record_tokens,
                                        log_prob_inputs=num_beams > 1)]
         return steps
 
-    def finish_records(self, records: dict[str, list], new_tokens: Sequence[torch.Tensor]) -> None:
-        """Add what only the loop knows: the token decoded at each step (entropy_record_tokens=True)."""
-        if self.entropy_decoding is not None and self.entropy_record_tokens:
-            records["entropy_selected_token_ids"] = list(new_tokens)
+
+def finish_layer_selection_records(records: dict[str, list], new_tokens: Sequence[torch.Tensor]) -> None:
+    """Add what only the loop knows: the token decoded at each step, next to each layer's top token."""
+    if "entropy_per_layer_token_ids" in records:
+        records["entropy_selected_token_ids"] = list(new_tokens)
 
 
 def stack_records(records: dict[str, list]) -> dict[str, torch.Tensor]:

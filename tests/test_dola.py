@@ -131,8 +131,9 @@ def test_paper_contrast_is_log_ratio_on_v_head():
     final = log([0.5, 0.3, 0.04, 0.16]).float()[None]
     premature = log([0.25, 0.25, 0.25, 0.25]).float()[None, None]
     scores, layer, _ = paper_dola_scores(final, premature, [7], alpha=0.1)
-    expected = [math.log(0.5 / 0.25), math.log(0.3 / 0.25), -math.inf, math.log(0.16 / 0.25)]
-    assert scores[0].tolist() == pytest.approx(expected, abs=1e-6)
+    # F = log(q_N / q_M) = log [2, 1.2, -, 0.64] on V_head, so p_hat = [2, 1.2, 0, 0.64] / 3.84.
+    assert scores[0].exp().tolist() == pytest.approx([2 / 3.84, 1.2 / 3.84, 0.0, 0.64 / 3.84], abs=1e-6)
+    assert scores[0, 2].item() == -math.inf
     assert layer.tolist() == [7]
 
 

@@ -1,0 +1,97 @@
+"""Teacher-forced continuation scores against transformers' logits and DoLa's formulas written out here."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from generation.scoring import MASKED_LOG_PROB, continuation_log_probs, score_continuations
+from model import load_pretrained
+
+transformers = pytest.importorskip("transformers")
+
+PROMPT = [7, 8, 9, 10, 11]
+CHOICES = [[12, 13, 14], [40], [50, 51]]
+
+
+@pytest.fixture(scope="module")
+def pair(tmp_path_factory):
+    config = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.2, tie_word_embeddings=False,
+        bos_token_id=1, eos_token_id=2, pad_token_id=5)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    folder = tmp_path_factory.mktemp("tiny6")
+    hf.save_pretrained(folder)
+    return hf, load_pretrained(folder)
+
+
+def hf_layer_log_probs(hf, ids: list[int]) -> torch.Tensor:
+    """(N + 1, T, V) log-probabilities of every layer read through the final norm and head, per position."""
+    with torch.no_grad():
+        hidden = hf(torch.tensor([ids]), output_hidden_states=True).hidden_states
+        heads = [hf.lm_head(hf.model.norm(h[0])) for h in hidden[:-1]] + [hf.lm_head(hidden[-1][0])]
+    return torch.stack(heads).log_softmax(-1)
+
+
+def test_plain_scores_equal_transformers_log_softmax(pair):
+    hf, ours = pair
+    got = continuation_log_probs(ours, PROMPT, CHOICES)["plain"]  # (3, 3), left-aligned zeros for short rows
+    for i, choice in enumerate(CHOICES):
+        log_p = hf_layer_log_probs(hf, PROMPT + choice)[-1]  # (T, V)
+        expected = [log_p[len(PROMPT) - 1 + k, token].item() for k, token in enumerate(choice)]
+        assert got[i, 3 - len(choice):].tolist() == pytest.approx(expected, abs=1e-5)
+        assert (got[i, :3 - len(choice)] == 0).all()
+
+
+def test_dola_scores_equal_the_formulas_per_position(pair):
+    hf, ours = pair
+    layers, alpha = [0, 2, 4], 0.1
+    got = continuation_log_probs(ours, PROMPT, CHOICES, {"dola": {"dola_layers": layers}})["dola"]
+    for i, choice in enumerate(CHOICES):
+        log_q = hf_layer_log_probs(hf, PROMPT + choice)
+        for k, token in enumerate(choice):
+            t = len(PROMPT) - 1 + k
+            final = log_q[-1, t]
+            m = [0.5 * (final.exp() + log_q[j, t].exp()) for j in layers]  # eq. 3, written out
+            jsd = [0.5 * (final.exp() * (final - mj.log())).sum() + 0.5 * (log_q[j, t].exp() *
+                   (log_q[j, t] - mj.log())).sum() for j, mj in zip(layers, m)]
+            premature = log_q[layers[int(torch.stack(jsd).argmax())], t]
+            head = final.exp() >= alpha * final.exp().max()  # eq. 4
+            contrast = torch.where(head, final - premature, torch.tensor(-math.inf))  # eq. 5
+            expected = max(contrast.log_softmax(-1)[token].item(), MASKED_LOG_PROB)
+            assert got[i, 3 - len(choice) + k].item() == pytest.approx(expected, abs=1e-4)
+
+
+def test_entropy_scores_use_the_trough_layer(pair):
+    hf, ours = pair
+    got = score_continuations(ours, PROMPT, CHOICES[:1], {"entropy": {"entropy_decoding": "trough"}})["entropy"]
+    log_q = hf_layer_log_probs(hf, PROMPT + CHOICES[0])[1:]  # layers 1..6
+    entropy = -(log_q.exp() * log_q).sum(-1)  # (6, T)
+    total = 0.0
+    for k, token in enumerate(CHOICES[0]):
+        t, j = len(PROMPT) - 1 + k, 5
+        while j > 0 and entropy[j - 1, t] < entropy[j, t]:
+            j -= 1
+        total += log_q[j, t, token].item()
+    assert got.item() == pytest.approx(total, abs=1e-4)
+
+
+def test_several_methods_share_one_forward(pair):
+    _, ours = pair
+    scores = score_continuations(ours, PROMPT, CHOICES, {"plain": {}, "high": {"dola_layers": "high"},
+                                                         "low": {"dola_layers": "low"}})
+    assert set(scores) == {"plain", "high", "low"} and all(s.shape == (3,) for s in scores.values())
+
+
+@pytest.mark.parametrize("prompt, choices, message", [
+    ([], [[1]], "prompt is empty"),
+    ([1, 2], [], "at least one continuation"),
+    ([1, 2], [[3], []], "at least one continuation"),
+])
+def test_bad_scoring_input(pair, prompt, choices, message):
+    with pytest.raises(ValueError, match=message):
+        score_continuations(pair[1], prompt, choices)

@@ -246,3 +246,22 @@ def test_bad_layer_selection_options_fail_before_any_forward(untied8, monkeypatc
     monkeypatch.setattr(ours, "forward", no_forward)
     with pytest.raises(ValueError, match=message):
         generate(ours, prompts(), max_new_tokens=3, **options)
+
+
+# ------------------------------------------------------------------------------------- the default model
+
+@pytest.fixture(scope="module")
+def default_pair(default_model_path):
+    hf = transformers.LlamaForCausalLM.from_pretrained(default_model_path, torch_dtype=torch.float32).eval()
+    return hf, load_pretrained(default_model_path)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dola_layers", ["low", "high", [4, 12, 20, 28]])
+def test_transformers_variant_equals_transformers_on_the_default_model(default_pair, dola_layers):
+    hf, ours = default_pair
+    ids = torch.tensor([[504, 3575, 282, 4649, 314]])  # "The capital of France is" in SmolLM2's vocabulary
+    expected = hf_dola(hf, ids, dola_layers, max_new_tokens=6, eos_token_id=None)
+    got = generate(ours, ids, max_new_tokens=6, eos_token_id=[], dola_layers=dola_layers,
+                   dola_variant="transformers")
+    assert torch.equal(got.sequences, expected)

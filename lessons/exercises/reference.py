@@ -1,0 +1,65 @@
+"""The reference solutions are the package's own functions: one implementation of each idea.
+
+Each stub in `lesson_N.py` has the signature of the package function named here. Where the package
+function is a method (e.g. `RMSNorm.forward`), the stub takes the object as its first argument `self`.
+"""
+
+from __future__ import annotations
+
+import importlib
+from types import SimpleNamespace
+
+# lesson -> exercise name -> "module:attribute" (a dotted attribute reaches a method of a class)
+REFERENCES: dict[int, dict[str, str]] = {
+    1: {
+        "bytes_to_unicode": "tokenizer.pretokenize:bytes_to_unicode",
+        "bpe_merge": "tokenizer.bpe:BytePairModel.merge",
+    },
+    2: {
+        "rms_norm_forward": "model.layers:RMSNorm.forward",
+        "default_inv_freq": "model.rope:default_inv_freq",
+        "rotate_half": "model.rope:rotate_half",
+        "apply_rotary": "model.rope:apply_rotary",
+    },
+    3: {
+        "repeat_kv": "model.layers:repeat_kv",
+        "build_attention_mask": "model.layers:build_attention_mask",
+        "eager_attention": "model.layers:eager_attention",
+    },
+    4: {
+        "swiglu_forward": "model.layers:SwiGLU.forward",
+        "decoder_block_forward": "model.layers:DecoderBlock.forward",
+        "default_position_ids": "model.causal_lm:default_position_ids",
+    },
+    5: {
+        "cache_layer_update": "cache.dynamic:DynamicLayer.update",
+        "kv_cache_bytes": "cache.dynamic:kv_cache_bytes",
+        "temperature_scale": "generation.steps:temperature_scale",
+        "top_k_filter": "generation.steps:top_k_filter",
+        "top_p_filter": "generation.steps:top_p_filter",
+        "repetition_penalty": "generation.steps:repetition_penalty",
+    },
+    7: {
+        "jensen_shannon_divergence": "generation.dola:jensen_shannon_divergence",
+        "plausibility_mask": "generation.dola:plausibility_mask",
+        "dola_contrast": "generation.dola:dola_contrast",
+        "entropy_bits": "generation.entropy:entropy_bits",
+        "trough_index": "generation.entropy:trough_index",
+    },
+}
+
+
+def resolve(target: str):
+    """'package.module:Class.method' -> the object."""
+    module_name, _, attribute = target.partition(":")
+    obj = importlib.import_module(module_name)
+    for part in attribute.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def reference(lesson: int) -> SimpleNamespace:
+    """The package functions that solve `lesson`'s exercises, by exercise name."""
+    if lesson not in REFERENCES:
+        raise KeyError(f"lesson {lesson} has no exercises; lessons with exercises: {sorted(REFERENCES)}")
+    return SimpleNamespace(**{name: resolve(target) for name, target in REFERENCES[lesson].items()})

@@ -1,0 +1,1 @@
+"""The exercise tests; they grade whatever implementation SCRATCH_LM_EXERCISE_IMPL names."""

@@ -1,0 +1,110 @@
+"""Lesson 3 (masks, GQA attention) against transformers, PyTorch's fused attention and masks written by loops."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers.models.llama.modeling_llama import repeat_kv as hf_repeat_kv
+
+from .helpers import check_close
+
+LESSON = 3
+
+
+def _loop_mask(padding: list[list[int]] | None, T: int, S: int, window: int | None = None) -> torch.Tensor:
+    """The rules of Exercise 3.2 written as plain loops, one (query, key) pair at a time."""
+    rows = padding if padding is not None else [[1] * S]
+    out = torch.zeros(len(rows), 1, T, S, dtype=torch.bool)
+    for b, row in enumerate(rows):
+        for i in range(T):
+            q_pos = S - T + i
+            for j in range(S):
+                ok = j <= q_pos and row[j] == 1 and (window is None or j > q_pos - window)
+                out[b, 0, i, j] = ok or j == q_pos
+    return out
+
+
+# ----------------------------------------------------------------------------------- 3.1 repeat_kv
+def test_repeat_kv_order(impl):
+    """Heads [a, b] repeated twice are [a, a, b, b], not [a, b, a, b]"""
+    x = torch.tensor([1.0, 2.0]).view(1, 2, 1, 1)  # (B=1, n_kv=2, S=1, d=1)
+    check_close(impl.repeat_kv(x, 2), torch.tensor([1.0, 1.0, 2.0, 2.0]).view(1, 4, 1, 1),
+                "query 头 i 用 kv 头 i // n_rep，所以每个 kv 头要连续重复：repeat_interleave(n_rep, dim=1)")
+
+
+@pytest.mark.parametrize("n_rep", [1, 3])
+def test_repeat_kv_matches_transformers(impl, gen, n_rep):
+    """Same as transformers' repeat_kv on (B, n_kv, S, d)"""
+    x = torch.randn(2, 2, 5, 4, generator=gen)
+    check_close(impl.repeat_kv(x, n_rep), hf_repeat_kv(x, n_rep), "沿第 1 维（头）复制，其余维度不变")
+
+
+# ----------------------------------------------------------------------------------- 3.2 the mask
+def test_build_attention_mask_causal(impl):
+    """No padding, 4 new tokens: lower triangular"""
+    got = impl.build_attention_mask(None, 4, 4, torch.device("cpu"))
+    check_close(got, _loop_mask(None, 4, 4), "因果掩码：query i 只能看 key j <= i（下三角，含对角线）")
+
+
+def test_build_attention_mask_left_padding(impl):
+    """Left padding: no query sees a padding key (but a padding query sees itself)"""
+    padding = [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
+    got = impl.build_attention_mask(torch.tensor(padding), 5, 5, torch.device("cpu"))
+    check_close(got, _loop_mask(padding, 5, 5),
+                "padding 的 key（attention_mask 为 0）谁也不能看；每个 query 总能看到自己；形状 (B, 1, T, S)")
+
+
+def test_build_attention_mask_with_cache(impl):
+    """2 new queries after 3 cached keys: they are positions 3 and 4"""
+    padding = [[0, 1, 1, 1, 1]]
+    got = impl.build_attention_mask(torch.tensor(padding), 2, 5, torch.device("cpu"))
+    check_close(got, _loop_mask(padding, 2, 5), "有缓存时 query i 的位置是 S - T + i，不是 i")
+
+
+def test_build_attention_mask_sliding_window(impl):
+    """sliding_window=2: each query sees itself and the one key before it"""
+    got = impl.build_attention_mask(None, 5, 5, torch.device("cpu"), sliding_window=2)
+    check_close(got, _loop_mask(None, 5, 5, window=2), "窗口：只看 q_pos - window < j <= q_pos 的 key")
+
+
+def test_build_attention_mask_single_token(impl):
+    """One new token without padding sees every key: None or all True"""
+    got = impl.build_attention_mask(None, 1, 6, torch.device("cpu"))
+    if got is not None:
+        check_close(got.expand(1, 1, 1, 6), torch.ones(1, 1, 1, 6, dtype=torch.bool),
+                    "单个新 token（最新的位置）可以看所有 key")
+
+
+def test_build_attention_mask_wrong_length(impl):
+    """A padding mask that does not cover all S positions is an error"""
+    with pytest.raises(ValueError):
+        impl.build_attention_mask(torch.ones(1, 3), 1, 5, torch.device("cpu"))
+
+
+# ----------------------------------------------------------------------------------- 3.3 attention
+def test_eager_attention_matches_sdpa_gqa(impl, gen):
+    """GQA (6 query heads, 2 kv heads) with a causal + padding mask, against F.scaled_dot_product_attention"""
+    q = torch.randn(2, 6, 5, 8, generator=gen)
+    k, v = torch.randn(2, 2, 5, 8, generator=gen), torch.randn(2, 2, 5, 8, generator=gen)
+    mask = _loop_mask([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], 5, 5)
+    expected = F.scaled_dot_product_attention(q, hf_repeat_kv(k, 3), hf_repeat_kv(v, 3), attn_mask=mask,
+                                              scale=0.3)
+    check_close(impl.eager_attention(q, k, v, mask, 0.3), expected,
+                "softmax(q @ k.transpose(-2, -1) * scale，mask 为 False 处填 -inf) @ v；k、v 先 repeat_kv 到 n_heads 个头")
+
+
+def test_eager_attention_no_mask(impl, gen):
+    """mask=None: every query sees every key (a decode step with a cache)"""
+    q, k, v = (torch.randn(1, 2, 1, 4, generator=gen), torch.randn(1, 2, 7, 4, generator=gen),
+               torch.randn(1, 2, 7, 4, generator=gen))
+    expected = torch.softmax(q @ k.transpose(-2, -1) * 0.5, dim=-1) @ v
+    check_close(impl.eager_attention(q, k, v, None, 0.5), expected, "mask 为 None 时不遮挡任何位置")
+
+
+def test_eager_attention_one_key_copies_value(impl, gen):
+    """A query that may see only key 0 returns value 0 exactly"""
+    q, k, v = (torch.randn(1, 1, 3, 4, generator=gen), torch.randn(1, 1, 3, 4, generator=gen),
+               torch.randn(1, 1, 3, 4, generator=gen))
+    out = impl.eager_attention(q, k, v, _loop_mask(None, 3, 3), 1.0)
+    check_close(out[:, :, 0], v[:, :, 0], "第一个 query 只能看第一个 key：softmax 权重是 [1, 0, 0]，输出就是 v[0]")

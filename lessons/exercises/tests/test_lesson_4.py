@@ -1,0 +1,100 @@
+"""Lesson 4 (the block, positions) against transformers' LlamaMLP / LlamaDecoderLayer and hand-computed cases."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig
+from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaMLP, LlamaRotaryEmbedding
+
+from cache import DynamicCache
+from model import ModelConfig
+from model.layers import DecoderBlock, SwiGLU
+
+from .helpers import check_close
+
+LESSON = 4
+
+SETTINGS = dict(vocab_size=50, hidden_size=32, intermediate_size=48, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=2)
+
+
+def _pair(ours_cls, theirs_cls, seed: int = 0):
+    """Our module and transformers' one with the same random weights (the parameter names are the same)."""
+    hf_config = LlamaConfig(**SETTINGS)
+    hf_config._attn_implementation = "eager"
+    theirs = theirs_cls(hf_config, 0) if theirs_cls is LlamaDecoderLayer else theirs_cls(hf_config)
+    torch.manual_seed(seed)
+    for p in theirs.parameters():
+        torch.nn.init.normal_(p, std=0.3)
+    config = ModelConfig(**SETTINGS)
+    ours = ours_cls(config, 0) if ours_cls is DecoderBlock else ours_cls(config)
+    ours.load_state_dict(theirs.state_dict())
+    return ours.eval(), theirs.eval(), hf_config
+
+
+def _additive(mask: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+
+
+# ----------------------------------------------------------------------------------- 4.1 SwiGLU
+def test_swiglu_forward_matches_transformers(impl, gen):
+    """Same output as transformers' LlamaMLP with the same weights"""
+    ours, theirs, _ = _pair(SwiGLU, LlamaMLP)
+    x = torch.randn(2, 3, 32, generator=gen)
+    with torch.no_grad():
+        check_close(impl.swiglu_forward(ours, x), theirs(x),
+                    "down_proj(silu(gate_proj(x)) * up_proj(x))：silu 只作用在 gate 一支上", atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------- 4.2 the block
+def test_decoder_block_forward_matches_transformers(impl, gen):
+    """Same output as transformers' LlamaDecoderLayer (causal mask, GQA)"""
+    ours, theirs, hf_config = _pair(DecoderBlock, LlamaDecoderLayer)
+    x = torch.randn(2, 5, 32, generator=gen)
+    positions = torch.arange(5)[None].expand(2, 5)
+    cos, sin = LlamaRotaryEmbedding(hf_config)(x, positions)
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    with torch.no_grad():
+        expected = theirs(x, attention_mask=_additive(causal), position_embeddings=(cos, sin))
+        got = impl.decoder_block_forward(ours, x, cos, sin, causal)
+    check_close(got, expected, "x + attn(norm1(x))，然后 h + mlp(norm2(h))：残差加的是归一化之前的值", atol=1e-4)
+
+
+def test_decoder_block_forward_passes_the_cache(impl, gen):
+    """Prefill 3 tokens into a cache, then 2 more: the same outputs as all 5 at once"""
+    ours, theirs, hf_config = _pair(DecoderBlock, LlamaDecoderLayer)
+    x = torch.randn(1, 5, 32, generator=gen)
+    cos, sin = LlamaRotaryEmbedding(hf_config)(x, torch.arange(5)[None])
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    with torch.no_grad():
+        expected = theirs(x, attention_mask=_additive(causal), position_embeddings=(cos, sin))
+        cache = DynamicCache(1)
+        first = impl.decoder_block_forward(ours, x[:, :3], cos[:, :3], sin[:, :3], causal[..., :3, :3], cache)
+        second = impl.decoder_block_forward(ours, x[:, 3:], cos[:, 3:], sin[:, 3:], causal[..., 3:, :], cache)
+    check_close(torch.cat([first, second], dim=1), expected,
+                "把 cache 传给 self_attn(..., mask, cache)：第二次调用的注意力要看到缓存里的前 3 个 key", atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------- 4.3 positions
+def test_default_position_ids_no_mask(impl):
+    """No mask, 3 cached tokens, 2 new ones: positions [[3, 4]]"""
+    got = impl.default_position_ids(None, 3, 2, torch.device("cpu"))
+    check_close(got, torch.tensor([[3, 4]]), "没有 mask 时位置从 past_length 开始连续编号，形状 (1, new_length)")
+
+
+def test_default_position_ids_left_padding(impl):
+    """Left padding: each row's first real token is position 0"""
+    mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
+    got = impl.default_position_ids(mask, 0, 5, torch.device("cpu"))
+    expected = torch.tensor([[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]])
+    if not isinstance(got, torch.Tensor) or got.shape != (2, 5):
+        raise AssertionError(f"形状应为 (B, new_length) = (2, 5)，得到 {getattr(got, 'shape', type(got))}")
+    real = mask.bool()
+    check_close(got[real], expected[real], "每行真实 token 的位置 = 它前面（含自己）真实 token 的个数 - 1：mask.cumsum(-1) - 1")
+
+
+def test_default_position_ids_decode_step(impl):
+    """One new token after a padded prompt: its position counts only real tokens"""
+    mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
+    got = impl.default_position_ids(mask, 3, 1, torch.device("cpu"))
+    check_close(got, torch.tensor([[2], [3]]), "只返回最后 new_length 列；padding 不计入位置")

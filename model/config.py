@@ -7,6 +7,7 @@ once, in `__post_init__`, only where the file leaves it unset, exactly as Huggin
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 from dataclasses import dataclass, field
@@ -29,6 +30,14 @@ IGNORED_KEYS = {
     "architectures", "transformers_version", "torch_dtype", "use_cache", "initializer_range",
     "pretraining_tp", "attention_dropout", "_name_or_path", "output_router_logits",
     "router_aux_loss_coef", "quantization_config", "_attn_implementation_autoset",
+}
+
+# transformers' GptOssConfig defaults for keys a gpt_oss config.json may leave out; they differ from LLaMA's.
+# (GptOssConfig also forces attention_bias=True whatever the file says; we refuse an explicit false instead.)
+GPT_OSS_DEFAULTS: dict[str, Any] = {
+    "attention_bias": True, "rms_norm_eps": 1e-5, "rope_theta": 150000.0, "sliding_window": 128,
+    "max_position_embeddings": 131072, "head_dim": 64, "num_key_value_heads": 8,
+    "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False},
 }
 
 
@@ -60,11 +69,11 @@ class ModelConfig:
     torch_dtype: str | None = None
     initializer_range: float = 0.02
     # --- GPT-OSS only (model_type == "gpt_oss"); ignored by LLaMA blocks ---
-    num_local_experts: int = 0
-    num_experts_per_tok: int = 0
-    sliding_window: int | None = None
-    layer_types: list[str] | None = None
-    swiglu_limit: float = 7.0
+    num_local_experts: int = 0  # experts per MoE layer
+    num_experts_per_tok: int = 0  # top-k experts each token is routed to
+    sliding_window: int | None = None  # keys a "sliding_attention" layer sees, the query's own included
+    layer_types: list[str] | None = None  # per layer: "sliding_attention" or "full_attention"
+    swiglu_limit: float = 7.0  # the experts' clamp on gate and up
     # Keys the file had that this project does not use (kept so nothing is lost on save).
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -79,6 +88,9 @@ class ModelConfig:
                     f"({self.num_attention_heads}) when head_dim is not given"
                 )
             self.head_dim = self.hidden_size // self.num_attention_heads
+        if self.model_type == "gpt_oss" and self.layer_types is None:  # HF: sliding, full, sliding, full, ...
+            self.layer_types = ["sliding_attention" if i % 2 == 0 else "full_attention"
+                                for i in range(self.num_hidden_layers)]
         self._check_values()
 
     # ------------------------------------------------------------------ checks
@@ -141,20 +153,29 @@ class ModelConfig:
                     )
 
     def _check_gpt_oss(self) -> None:
-        if self.num_local_experts <= 0 or not 0 < self.num_experts_per_tok <= self.num_local_experts:
-            raise ConfigError(
-                f"gpt_oss needs num_local_experts > 0 and 0 < num_experts_per_tok <= num_local_experts, got "
-                f"{self.num_local_experts} and {self.num_experts_per_tok}"
-            )
-        if self.layer_types is not None:
-            if len(self.layer_types) != self.num_hidden_layers:
-                raise ConfigError(
-                    f"config key 'layer_types' has {len(self.layer_types)} entries for "
-                    f"num_hidden_layers={self.num_hidden_layers}"
-                )
-            bad = set(self.layer_types) - {"sliding_attention", "full_attention"}
-            if bad:
-                raise ConfigError(f"config key 'layer_types' has unknown entries {sorted(bad)}")
+        for key in ("num_local_experts", "num_experts_per_tok"):
+            value = getattr(self, key)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ConfigError(f"gpt_oss config key '{key}' must be a positive integer, got {value!r}")
+        if self.num_experts_per_tok > self.num_local_experts:
+            raise ConfigError(f"config key 'num_experts_per_tok' ({self.num_experts_per_tok}) cannot exceed "
+                              f"'num_local_experts' ({self.num_local_experts})")
+        if not self.attention_bias:
+            raise ConfigError("gpt_oss attention always has q/k/v/o biases (transformers ignores "
+                              "attention_bias=false); set 'attention_bias' to true or remove the key")
+        if not isinstance(self.swiglu_limit, (int, float)) or isinstance(self.swiglu_limit, bool) \
+                or not self.swiglu_limit > 0:
+            raise ConfigError(f"config key 'swiglu_limit' must be a positive number, got {self.swiglu_limit!r}")
+        if not isinstance(self.layer_types, list) or len(self.layer_types) != self.num_hidden_layers:
+            raise ConfigError(f"config key 'layer_types' must list one entry per layer "
+                              f"(num_hidden_layers={self.num_hidden_layers}), got {self.layer_types!r}")
+        bad = set(self.layer_types) - {"sliding_attention", "full_attention"}
+        if bad:
+            raise ConfigError(f"config key 'layer_types' has unknown entries {sorted(bad)}; "
+                              f"use 'sliding_attention' or 'full_attention'")
+        if "sliding_attention" in self.layer_types and self.sliding_window is None:
+            raise ConfigError("config key 'layer_types' has sliding_attention layers but 'sliding_window' is null; "
+                              "give the window length")
 
     # ------------------------------------------------------------------ helpers
     @property
@@ -174,6 +195,8 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        if data.get("model_type") == "gpt_oss":
+            data = {**copy.deepcopy(GPT_OSS_DEFAULTS), **data}  # only keys the file leaves out
         known = {k: v for k, v in data.items() if k in names}
         extra = {k: v for k, v in data.items() if k not in names}
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):

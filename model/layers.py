@@ -37,22 +37,54 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
 
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                    scale: float) -> torch.Tensor:
-    """softmax(q k^T * scale + mask) v, written out. q (B, n_heads, T, d), k/v (B, n_kv, S, d)."""
+                    scale: float, sinks: torch.Tensor | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale + mask) v, written out. q (B, n_heads, T, d), k/v (B, n_kv, S, d).
+
+    sinks (n_heads,): GPT-OSS attention sinks, one learned logit per head that joins the softmax as an extra
+    column and is then dropped, so a head may give part of its attention to "nothing" (rows sum to < 1).
+    """
     n_rep = q.shape[1] // k.shape[1]
     k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)  # (B, n_heads, S, d)
     scores = (q @ k.transpose(-2, -1)) * scale  # (B, n_heads, T, S)
     if mask is not None:
         scores = scores.masked_fill(~mask, float("-inf"))
-    probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    if sinks is None:
+        probs = torch.softmax(scores.float(), dim=-1).to(q.dtype)
+    else:
+        sink_column = sinks.to(scores.dtype).view(1, -1, 1, 1).expand(*scores.shape[:-1], 1)  # (B, n_heads, T, 1)
+        probs = torch.softmax(torch.cat([scores, sink_column], dim=-1).float(), dim=-1)
+        probs = probs[..., :-1].to(q.dtype)  # drop the sink: it has no value vector
     return probs @ v  # (B, n_heads, T, d)
 
 
 def sdpa_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                   scale: float) -> torch.Tensor:
+                   scale: float, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """The same computation through PyTorch's fused kernel; GQA handled inside it (no copy of k/v)."""
+    if sinks is not None:
+        q, k, v, mask = append_sink_key(q, k, v, mask, sinks, scale)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale,
                                           enable_gqa=q.shape[1] != k.shape[1])
+
+
+def append_sink_key(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
+                    sinks: torch.Tensor, scale: float):
+    """Attention sinks for a kernel that only takes q, k, v: one extra key scoring exactly sinks[h], value 0.
+
+    Each query gets one more coordinate, sinks[h] / scale; real keys get 0 there and the extra key is
+    (0, ..., 0, 1). Then q.k * scale is unchanged for real keys and equals sinks[h] for the extra one, whose
+    zero value adds nothing to the output: the extra softmax column of `eager_attention`.
+    """
+    B, n_heads, T, d = q.shape
+    n_kv = k.shape[1]
+    sink_coordinate = (sinks / scale).to(q.dtype).view(1, n_heads, 1, 1).expand(B, n_heads, T, 1)
+    q = torch.cat([q, sink_coordinate], dim=-1)  # (B, n_heads, T, d + 1)
+    sink_key = torch.zeros(B, n_kv, 1, d + 1, dtype=k.dtype, device=k.device)
+    sink_key[..., -1] = 1.0
+    k = torch.cat([F.pad(k, (0, 1)), sink_key], dim=-2)  # (B, n_kv, S + 1, d + 1)
+    v = F.pad(v, (0, 0, 0, 1))  # (B, n_kv, S + 1, d): the sink's value is zero
+    if mask is not None:
+        mask = F.pad(mask, (0, 1), value=True)  # (B or 1, 1, T, S + 1): every query sees the sink
+    return q, k, v, mask
 
 
 ATTENTION_FUNCTIONS = {"eager": eager_attention, "sdpa": sdpa_attention}
@@ -73,6 +105,7 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.v_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
         self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
+        self.sinks: torch.Tensor | None = None  # GPT-OSS: one learned logit per head (model/gpt_oss.py)
         self.attn_implementation = "sdpa"
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
@@ -85,7 +118,7 @@ class Attention(nn.Module):
         if cache is not None:
             # Keys are cached after RoPE, so cached positions never need rotating again.
             k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv, S, d)
-        out = ATTENTION_FUNCTIONS[self.attn_implementation](q, k, v, mask, self.scale)
+        out = ATTENTION_FUNCTIONS[self.attn_implementation](q, k, v, mask, self.scale, self.sinks)
         out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads * d)
         return self.o_proj(out)
 
@@ -105,14 +138,20 @@ class SwiGLU(nn.Module):
 
 
 class DecoderBlock(nn.Module):
-    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x))."""
+    """Pre-norm residual block: x + attn(norm(x)), then x + mlp(norm(x)).
 
-    def __init__(self, config: ModelConfig, layer_idx: int):
+    The LLaMA block by default; GPT-OSS (model/gpt_oss.py) passes its own attention and MLP modules.
+    """
+
+    attention_type = "full_attention"  # which mask the model hands this block (GPT-OSS alternates)
+
+    def __init__(self, config: ModelConfig, layer_idx: int, attention: nn.Module | None = None,
+                 mlp: nn.Module | None = None):
         super().__init__()
         self.input_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.self_attn = Attention(config, layer_idx)
+        self.self_attn = attention if attention is not None else Attention(config, layer_idx)
         self.post_attention_layernorm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.mlp = SwiGLU(config)
+        self.mlp = mlp if mlp is not None else SwiGLU(config)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache=None) -> torch.Tensor:

@@ -98,7 +98,7 @@ class GenerationOptions:
         if not self.do_sample and any(warpers.values()):
             names = ", ".join(name for name, is_set in warpers.items() if is_set)
             warnings.warn(f"{names} only shape the distribution tokens are sampled from; with do_sample=False they "
-                          "are ignored (as in transformers). Pass do_sample=True to use them.", stacklevel=4)
+                          "are ignored (as in transformers). Pass do_sample=True to use them.", UserWarning)
 
     def _check_tokens_and_steps(self) -> None:
         if self.stop_strings is not None:
@@ -178,6 +178,9 @@ def _builtin_kinds(options: GenerationOptions) -> dict[type, str]:
 def check_inputs(options: GenerationOptions, model, input_ids: Any, attention_mask: Any) -> None:
     """Check the prompt and the token ids against the model, before any forward pass."""
     config = model.config
+    if isinstance(input_ids, torch.Tensor) and input_ids.device != model.device:
+        raise ValueError(f"input_ids are on {input_ids.device} but the model on {model.device}: "
+                         "move them with input_ids.to(model.device)")
     if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2 or input_ids.dtype != torch.long:
         got = f"{tuple(input_ids.shape)} {input_ids.dtype}" if isinstance(input_ids, torch.Tensor) else type(input_ids)
         raise ValueError(f"input_ids must be a (batch, length) torch.long tensor, got {got}")

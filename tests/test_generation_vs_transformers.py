@@ -1,0 +1,172 @@
+"""generate() against transformers 4.55.2's generate() on the same weights.
+
+A tiny random LlamaForCausalLM (initializer_range 0.2, so the logits are spread and top tokens rarely tie)
+is saved with save_pretrained and loaded with our load_pretrained; both run in float32. Sampling is
+compared under one seed: transformers draws from the global RNG after torch.manual_seed(seed), we draw
+from torch.Generator().manual_seed(seed), which is the same stream.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+from generation import generate
+from model import load_pretrained
+
+transformers = pytest.importorskip("transformers")
+
+PROMPT_LEN = 7
+PAD = 5  # not 0: transformers' beam search fills with `pad_token_id or eos` and would treat 0 as missing
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    config = transformers.LlamaConfig(
+        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, initializer_range=0.2, bos_token_id=1,
+        eos_token_id=2, pad_token_id=PAD)
+    torch.manual_seed(0)
+    hf = transformers.LlamaForCausalLM(config).eval()
+    folder = tmp_path_factory.mktemp("tiny_llama")
+    hf.save_pretrained(folder)
+    return hf, load_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def batch():
+    """Three prompts, left-padded to 7 tokens: 4, 6 and 7 real tokens."""
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(6, 96, (3, PROMPT_LEN), generator=gen)
+    mask = torch.ones_like(ids)
+    mask[0, :3] = 0
+    mask[1, :1] = 0
+    return ids.masked_fill(mask == 0, PAD), mask
+
+
+def run_both(models, batch, seed=None, **options):
+    hf, ours = models
+    ids, mask = batch
+    if seed is not None:
+        torch.manual_seed(seed)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = hf.generate(ids, attention_mask=mask, return_dict_in_generate=True, output_scores=True,
+                               pad_token_id=PAD, **options)
+    generator = torch.Generator().manual_seed(seed) if seed is not None else None
+    got = generate(ours, ids, mask, output_scores=True, pad_token_id=PAD, generator=generator,
+                   **{k: v for k, v in options.items() if not (k == "top_k" and v == 0)})
+    return expected, got
+
+
+def assert_scores_match(expected, got):
+    """Same -inf mask; finite entries within 1e-5."""
+    assert len(expected) == len(got)
+    for step, (e, g) in enumerate(zip(expected, got)):
+        assert torch.equal(torch.isfinite(e), torch.isfinite(g)), f"-inf mask differs at step {step}"
+        finite = torch.isfinite(e)
+        torch.testing.assert_close(g[finite], e[finite], rtol=0, atol=1e-5)
+
+
+GREEDY_CASES = [
+    dict(max_new_tokens=12, eos_token_id=[]),  # no end token: every row runs to the length limit
+    dict(max_new_tokens=15, eos_token_id=[3, 40]),
+    dict(max_new_tokens=12, repetition_penalty=1.5, eos_token_id=[]),
+    dict(max_new_tokens=12, repetition_penalty=0.7, eos_token_id=[]),  # < 1 encourages repeats
+    dict(max_new_tokens=14, no_repeat_ngram_size=2, eos_token_id=[]),
+    dict(max_new_tokens=14, no_repeat_ngram_size=1, repetition_penalty=1.2, eos_token_id=[]),
+]
+
+
+@pytest.mark.parametrize("options", GREEDY_CASES)
+def test_greedy_matches_transformers(models, batch, options):
+    expected, got = run_both(models, batch, do_sample=False, **options)
+    assert torch.equal(got.sequences, expected.sequences)
+    assert_scores_match(expected.scores, got.scores)
+
+
+def test_greedy_rows_finish_on_eos_and_are_padded(models, batch):
+    """Pick as EOS a token that transformers emits mid-way for some rows, so rows end at different steps."""
+    free, _ = run_both(models, batch, do_sample=False, max_new_tokens=12, eos_token_id=[])
+    eos = int(free.sequences[0, PROMPT_LEN + 3])  # row 0's 4th new token
+    expected, got = run_both(models, batch, do_sample=False, max_new_tokens=12, eos_token_id=eos)
+    assert torch.equal(got.sequences, expected.sequences)
+    new = got.new_tokens
+    assert got.stop_reasons[0] == "eos"
+    end = int((new[0] == eos).nonzero()[0])
+    assert end <= 3 and (new[0, end + 1:] == PAD).all()  # padding after the end token
+
+
+BEAM_CASES = [
+    dict(num_beams=2, length_penalty=1.0, early_stopping=False, num_return_sequences=1),
+    dict(num_beams=4, length_penalty=1.0, early_stopping=True, num_return_sequences=2),
+    dict(num_beams=3, length_penalty=0.5, early_stopping="never", num_return_sequences=3),
+    dict(num_beams=4, length_penalty=-1.0, early_stopping=False, num_return_sequences=4),
+    dict(num_beams=4, length_penalty=2.0, early_stopping="never", num_return_sequences=2),
+    dict(num_beams=3, length_penalty=0.0, early_stopping=True, num_return_sequences=1, repetition_penalty=1.3),
+    dict(num_beams=2, length_penalty=1.0, early_stopping=False, num_return_sequences=2, no_repeat_ngram_size=2),
+]
+
+
+@pytest.mark.parametrize("options", BEAM_CASES)
+def test_beam_search_matches_transformers(models, batch, options):
+    # Several frequent tokens as EOS ids, so that hypotheses end at different lengths.
+    expected, got = run_both(models, batch, do_sample=False, max_new_tokens=10, eos_token_id=[2, 7, 30], **options)
+    assert torch.equal(got.sequences, expected.sequences)
+    torch.testing.assert_close(got.sequences_scores, expected.sequences_scores, rtol=0, atol=1e-5)
+    assert_scores_match(expected.scores, got.scores)
+    ended = [reason == "eos" for reason in got.stop_reasons]
+    assert any(ended) == any(torch.isin(got.new_tokens, torch.tensor([2, 7, 30])).flatten().tolist())
+
+
+SAMPLING_CASES = [
+    dict(top_k=0),
+    dict(temperature=0.7, top_k=10),
+    dict(top_k=0, top_p=0.8, repetition_penalty=1.2),
+    dict(top_k=0, min_p=0.1, temperature=1.5, no_repeat_ngram_size=3),
+    dict(top_k=20, top_p=0.9, min_p=0.05, temperature=0.8, repetition_penalty=0.9),
+    dict(top_k=3, top_p=0.5),
+    dict(top_k=0, temperature=2.0, min_p=0.3),
+    dict(top_k=0, top_p=0.9, num_return_sequences=3),
+]
+
+
+@pytest.mark.parametrize("options", SAMPLING_CASES)
+def test_sampling_scores_and_tokens_match_transformers(models, batch, options):
+    expected, got = run_both(models, batch, seed=1234, do_sample=True, max_new_tokens=10, eos_token_id=[2],
+                             **options)
+    assert_scores_match(expected.scores, got.scores)
+    assert torch.equal(got.sequences, expected.sequences)
+
+
+def test_beam_sampling_matches_transformers(models, batch):
+    expected, got = run_both(models, batch, seed=7, do_sample=True, max_new_tokens=8, eos_token_id=[2, 7],
+                             num_beams=3, num_return_sequences=2, top_k=8, temperature=0.9)
+    assert torch.equal(got.sequences, expected.sequences)
+    assert_scores_match(expected.scores, got.scores)
+
+
+# --------------------------------------------------------------------------- the real default model
+def default_model_folder():
+    from model import zoo
+
+    folder = zoo.default_model_path()
+    return folder if (folder / "config.json").is_file() and (folder / "model.safetensors").is_file() else None
+
+
+@pytest.mark.slow
+def test_default_model_greedy_chat_matches_transformers():
+    folder = default_model_folder()
+    if folder is None:
+        pytest.skip("default model not built: python -m model.zoo fetch smollm2-135m-instruct")
+    tokenizer = transformers.AutoTokenizer.from_pretrained(folder)
+    messages = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    ids = tokenizer(text, return_tensors="pt").input_ids
+    hf = transformers.LlamaForCausalLM.from_pretrained(folder, torch_dtype=torch.float32).eval()
+    expected = hf.generate(ids, max_new_tokens=25, do_sample=False)
+    del hf
+    got = generate(load_pretrained(folder, dtype=torch.float32), ids, max_new_tokens=25)
+    assert torch.equal(got.sequences, expected)

@@ -103,6 +103,8 @@ def test_special_tokens_and_vocab_match_transformers(hf_tok, ours, ours_gguf):
         assert tok.vocab_size == len(hf_tok)
         ids = [0, 1, 2, 17, 198, 4093, 49151]
         assert tok.convert_ids_to_tokens(ids) == hf_tok.convert_ids_to_tokens(ids)
+        assert tok.decode(torch.tensor(ids)) == tok.decode(ids) == hf_tok.decode(ids)
+        assert tok.decode(4093) == hf_tok.decode(4093)
         assert tok.apply_chat_template([{"role": "user", "content": "Hi"}]) == hf_tok.apply_chat_template(
             [{"role": "user", "content": "Hi"}], tokenize=False, add_generation_prompt=True)
     # SmolLM2 ends a turn with <|im_end|>: generation must stop there, not at <|endoftext|> or <|im_start|>.

@@ -34,7 +34,7 @@ SPECIAL = [
     "<|im_start", "|im_end|>", "<<|im_end|>>", "<|IM_START|>", "<s>", "</s>", "<unk>", "▁",
 ]
 WHITESPACE = [" ", "  ", "    ", "\n", "\n\n", "\n\n\n", "\t", "\t\t", "\r\n", " \n ", "\u00a0", "\u3000", "\u2009", "\x0b"]
-ODD = ["", "\x00", "\x7f", "\x04\x13 (bytes with no token)", "\U00040000", "\ufffd", "\u200b", "\ufeff", "a\u0300\u0301\u0302", "'", "''s", "'S"]
+ODD = ["", "\x00", "\x7f", "\x04\x13 (bytes with no token)", "\U00040000", "\ufffd", "\u200b", "\ufeff", "a\u0300\u0301\u0302", "\u212b \u2126 \ufb01", "'", "''s", "'S"]
 CATEGORIES = [ENGLISH, OTHER_SCRIPTS, CODE, EMOJI, NUMBERS, SPECIAL, WHITESPACE, ODD]
 SEPARATORS = ["", " ", " ", "  ", "\n", "\t", " \n", "\n\n", "   "]
 

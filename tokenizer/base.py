@@ -80,13 +80,16 @@ class Tokenizer:
         """``ids`` with the tokens the tokenizer adds around a sequence (e.g. BOS in front)."""
         raise NotImplementedError
 
-    def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+    def decode(self, ids: int | Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+        """Text of ``ids``; never raises for bytes that are not valid UTF-8 (they become U+FFFD)."""
         raise NotImplementedError
 
     def _id_to_token(self, token_id: int) -> str:
+        """The vocabulary entry of an id, e.g. "Ġworld" or "▁world"."""
         raise NotImplementedError
 
     def token_to_id(self, token: str) -> int | None:
+        """The id of a vocabulary entry, or None if there is no such token."""
         raise NotImplementedError
 
     @property
@@ -152,6 +155,14 @@ class Tokenizer:
         if isinstance(ids, int):
             return self._id_to_token(self._check_id(ids))
         return [self._id_to_token(self._check_id(int(i))) for i in ids]
+
+    def _checked_ids(self, ids: int | Iterable[int] | torch.Tensor) -> list[int]:
+        """``ids`` (an id, a list, or a 0-d / 1-d tensor) as a list of ints inside the vocabulary."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.reshape(-1).tolist()
+        elif isinstance(ids, int):
+            ids = [ids]
+        return [self._check_id(int(i)) for i in ids]
 
     def _check_id(self, token_id: int) -> int:
         if not 0 <= token_id < self.vocab_size:

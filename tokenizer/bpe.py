@@ -3,7 +3,8 @@
 Encoding a text:
 
 1. cut out added / special tokens ("<|im_start|>") and keep them whole (``base.Tokenizer``);
-2. pre-tokenize every other part into pieces and write their bytes as characters (``pretokenize.py``);
+2. normalize every other part if the tokenizer asks for it (Qwen2: Unicode NFC), then pre-tokenize it
+   into pieces and write their bytes as characters (``pretokenize.py``);
 3. BPE on each piece: start from single characters and repeatedly join the adjacent pair that was
    learned earliest (lowest rank in the merges list), until no learned pair is left
    (Sennrich et al. 2016, "Neural Machine Translation of Rare Words with Subword Units");
@@ -16,6 +17,7 @@ of raising, exactly as Hugging Face tokenizers do.
 
 from __future__ import annotations
 
+import unicodedata
 from collections.abc import Iterable, Sequence
 
 import torch
@@ -94,6 +96,7 @@ class BPETokenizer(Tokenizer):
         model: BytePairModel,
         pre_tokenizer: list[PreTokenizeStep],
         added_tokens: Sequence[AddedToken] = (),
+        unicode_forms: Sequence[str] = (),
         prefix_tokens: Sequence[str] = (),
         suffix_tokens: Sequence[str] = (),
         clean_up_tokenization_spaces: bool = False,
@@ -102,6 +105,7 @@ class BPETokenizer(Tokenizer):
         super().__init__(added_tokens, **special_tokens)
         self.model = model
         self.pre_tokenizer = pre_tokenizer
+        self.unicode_forms = list(unicode_forms)  # normalizer, e.g. ["NFC"]: "e" + U+0301 -> "é"
         self.prefix_tokens, self.suffix_tokens = list(prefix_tokens), list(suffix_tokens)
         self.clean_up_tokenization_spaces = clean_up_tokenization_spaces
         self._id_to_str = {i: token for token, i in model.vocab.items()}
@@ -110,17 +114,20 @@ class BPETokenizer(Tokenizer):
         self._bytes_cache: dict[int, bytes] = {}
 
     def _encode_plain(self, text: str) -> list[int]:
+        for form in self.unicode_forms:
+            text = unicodedata.normalize(form, text)
         return [i for piece in pre_tokenize(text, self.pre_tokenizer) for i in self.model.encode_word(piece)]
 
     def _with_special_tokens(self, ids: list[int]) -> list[int]:
         """The post-processor: e.g. Llama-3 puts "<|begin_of_text|>" in front; SmolLM2 adds nothing."""
-        return [self.token_to_id(t) for t in self.prefix_tokens] + ids + [self.token_to_id(t) for t in self.suffix_tokens]
+        prefix = [self.token_to_id(token) for token in self.prefix_tokens]
+        suffix = [self.token_to_id(token) for token in self.suffix_tokens]
+        return prefix + ids + suffix
 
-    def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+    def decode(self, ids: int | Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         """Text of ``ids``; bytes that are not valid UTF-8 become U+FFFD (never raises for them)."""
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else [int(i) for i in ids]
         skip = self.all_special_ids if skip_special_tokens else set()
-        data = b"".join(self._token_bytes(self._check_id(i)) for i in ids if i not in skip)
+        data = b"".join(self._token_bytes(i) for i in self._checked_ids(ids) if i not in skip)
         text = data.decode("utf-8", errors="replace")
         return clean_up_tokenization(text) if self.clean_up_tokenization_spaces else text
 

@@ -34,7 +34,7 @@ def bpe_from_gguf(path: str | Path) -> BPETokenizer:
     """Build a :class:`BPETokenizer` from the tokenizer metadata of a GGUF file."""
     try:
         reader = gguf.GGUFReader(str(path))
-    except (ValueError, OSError) as error:
+    except (ValueError, OSError, IndexError) as error:  # not GGUF, or cut short
         raise ValueError(f"{path} could not be read as a GGUF file ({error}).") from None
     kind = _field(reader, "tokenizer.ggml.model")
     if kind != "gpt2":
@@ -42,18 +42,21 @@ def bpe_from_gguf(path: str | Path) -> BPETokenizer:
             f"{path}: tokenizer.ggml.model is {kind!r}; only byte-level BPE ('gpt2') is read from a GGUF. "
             "For a SentencePiece model use its tokenizer.model."
         )
-    tokens: list[str] = _field(reader, "tokenizer.ggml.tokens")
+    tokens, merge_lines = _field(reader, "tokenizer.ggml.tokens"), _field(reader, "tokenizer.ggml.merges")
+    if not tokens or not merge_lines:
+        raise ValueError(f"{path} has no tokenizer.ggml.tokens / tokenizer.ggml.merges; use the model's tokenizer.json.")
     types: list[int] = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens))
-    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
-    added = [AddedToken(i, token, special=kind_ == CONTROL)
-             for i, (token, kind_) in enumerate(zip(tokens, types)) if kind_ in (CONTROL, USER_DEFINED)]
+    merges = [tuple(line.split(" ", 1)) for line in merge_lines]
+    added = [AddedToken(i, token, special=token_type == CONTROL)
+             for i, (token, token_type) in enumerate(zip(tokens, types)) if token_type in (CONTROL, USER_DEFINED)]
 
     def token_of(key: str) -> str | None:
         token_id = _field(reader, f"tokenizer.ggml.{key}")
         return None if token_id is None else tokens[token_id]
 
     bos, eos = token_of("bos_token_id"), token_of("eos_token_id")
-    add_bos, add_eos = _field(reader, "tokenizer.ggml.add_bos_token", False), _field(reader, "tokenizer.ggml.add_eos_token", False)
+    add_bos = _field(reader, "tokenizer.ggml.add_bos_token", False)  # False for SmolLM2: its template writes
+    add_eos = _field(reader, "tokenizer.ggml.add_eos_token", False)  # <|im_start|> itself
     return BPETokenizer(
         BytePairModel({token: i for i, token in enumerate(tokens)}, merges),
         steps_from_gguf_name(_field(reader, "tokenizer.ggml.pre", "gpt-2")),

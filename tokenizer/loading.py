@@ -81,6 +81,17 @@ def _post_processor_tokens(spec: dict | None) -> tuple[list[str], list[str]]:
     raise ValueError(f"post_processor type {spec.get('type')!r} is not supported (ByteLevel, TemplateProcessing).")
 
 
+def _unicode_forms(spec: dict | None, source: Path) -> list[str]:
+    """The Unicode normal forms a ``normalizer`` applies (Qwen2: ["NFC"]); other normalizers are refused."""
+    if spec is None:
+        return []
+    if spec.get("type") == "Sequence":
+        return [form for sub in spec["normalizers"] for form in _unicode_forms(sub, source)]
+    if spec.get("type") in ("NFC", "NFD", "NFKC", "NFKD"):
+        return [spec["type"]]
+    raise ValueError(f"{source}: normalizer {spec.get('type')!r} is not supported (NFC, NFD, NFKC, NFKD only).")
+
+
 def is_byte_level(spec: dict) -> bool:
     """A tokenizer.json describes byte-level BPE when its pre-tokenizer has a ByteLevel step."""
     return spec.get("model", {}).get("type") == "BPE" and "ByteLevel" in json.dumps(spec.get("pre_tokenizer"))
@@ -95,8 +106,8 @@ def bpe_from_tokenizer_json(tokenizer_file: Path, spec: dict | None = None) -> B
             f"{tokenizer_file} is not a byte-level BPE tokenizer (model {model.get('type')!r}). "
             "For a SentencePiece model, load the folder's tokenizer.model instead."
         )
-    if spec.get("normalizer") not in (None, {"type": "Sequence", "normalizers": []}):
-        raise ValueError(f"{tokenizer_file}: normalizer {spec['normalizer'].get('type')!r} is not supported.")
+    if "vocab" not in model or "merges" not in model:
+        raise ValueError(f"{tokenizer_file}: the BPE model has no vocab or merges; the file is incomplete.")
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     config = read_tokenizer_config(tokenizer_file.parent)
     prefix, suffix = _post_processor_tokens(spec.get("post_processor"))
@@ -104,6 +115,7 @@ def bpe_from_tokenizer_json(tokenizer_file: Path, spec: dict | None = None) -> B
         BytePairModel(model["vocab"], merges, model.get("ignore_merges", False), model.get("unk_token")),
         steps_from_json(spec.get("pre_tokenizer")),
         _added_tokens(spec.get("added_tokens", [])),
+        unicode_forms=_unicode_forms(spec.get("normalizer"), tokenizer_file),
         prefix_tokens=prefix,
         suffix_tokens=suffix,
         clean_up_tokenization_spaces=bool(config.get("clean_up_tokenization_spaces", False)),

@@ -56,20 +56,21 @@ class SentencePieceTokenizer(Tokenizer):
         eos = [self.eos_token_id] if self.add_eos_token and self.eos_token_id is not None else []
         return bos + ids + eos
 
-    def decode(self, ids: Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
+    def decode(self, ids: int | Iterable[int] | torch.Tensor, skip_special_tokens: bool = False) -> str:
         """Text of ``ids``; SentencePiece turns invalid byte sequences into U+FFFD.
 
-        Special tokens are written as their text (or dropped with ``skip_special_tokens``); each run of
-        ordinary ids between them is decoded by SentencePiece, which drops the dummy-prefix space.
+        Added tokens are written as their text (special ones dropped with ``skip_special_tokens``); each
+        run of ordinary ids between them is decoded by SentencePiece, which drops the dummy-prefix space.
+        So ``decode(encode(text))`` gives the text back; transformers' legacy LlamaTokenizer instead
+        writes a space before each special token and loses one leading space.
         """
-        ids = ids.tolist() if isinstance(ids, torch.Tensor) else [int(i) for i in ids]
-        special = self._added_by_id
+        added = self._added_by_id
         text, run = [], []
-        for i in map(self._check_id, ids):
-            if i not in special:
+        for i in self._checked_ids(ids):
+            if i not in added:
                 run.append(i)
-            elif not (skip_special_tokens and special[i].special):
-                text += [self.sp.decode(run), special[i].content]
+            elif not (skip_special_tokens and added[i].special):
+                text += [self.sp.decode(run), added[i].content]
                 run = []
         return "".join(text) + self.sp.decode(run)
 

@@ -4,6 +4,9 @@ The model is built on the meta device (no memory), every tensor's name, shape an
 it from the file headers alone, and only then are the tensors attached with `load_state_dict(assign=True)`.
 safetensors memory-maps the file, so a checkpoint already in the wanted dtype is used in place: the weights
 exist once in memory, as the file's pages.
+
+GPT-OSS releases store the expert weights in MXFP4 (`<name>_blocks` + `<name>_scales`, model/mxfp4.py);
+they are checked from the headers like any tensor and decoded one expert at a time while loading.
 """
 
 from __future__ import annotations
@@ -17,9 +20,11 @@ from safetensors import safe_open
 
 from .causal_lm import CausalLM
 from .config import ModelConfig
+from .mxfp4 import check_mxfp4_pair, dense_shape, dequantize_expert_weight
 
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
+MXFP4_SUFFIXES = ("_blocks", "_scales")
 
 
 class CheckpointError(ValueError):
@@ -87,8 +92,33 @@ def check_tensors(expected: dict[str, tuple[int, ...]], found: dict[str, tuple[t
         if shape != expected[name]:
             raise CheckpointError(f"tensor '{name}' has shape {list(shape)} in the checkpoint but the config "
                                   f"needs {list(expected[name])}")
-        if dtype not in ("F32", "F16", "BF16", "F64"):
+        if dtype not in ("F32", "F16", "BF16", "F64", "MXFP4"):
             raise CheckpointError(f"tensor '{name}' is stored as {dtype}; expected a floating-point dtype")
+
+
+def merge_mxfp4_headers(found: dict[str, tuple[tuple[int, ...], str]]) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Replace each `<name>_blocks` / `<name>_scales` header pair by one `<name>` entry: (decoded shape, "MXFP4")."""
+    merged = {name: info for name, info in found.items() if not name.endswith(MXFP4_SUFFIXES)}
+    for name in sorted(n.removesuffix("_blocks") for n in found if n.endswith("_blocks")):
+        if name + "_scales" not in found:
+            raise CheckpointError(f"checkpoint has '{name}_blocks' but no '{name}_scales': the MXFP4 tensor is "
+                                  f"incomplete; download the checkpoint again")
+        problem = check_mxfp4_pair(name, found[name + "_blocks"], found[name + "_scales"])
+        if problem:
+            raise CheckpointError(problem)
+        merged[name] = (dense_shape(found[name + "_blocks"][0]), "MXFP4")
+    orphans = sorted(n for n in found if n.endswith("_scales") and n.removesuffix("_scales") not in merged)
+    if orphans:
+        raise CheckpointError(f"checkpoint has MXFP4 scales without blocks: {orphans[:5]}")
+    return merged
+
+
+def check_quantization(config: ModelConfig) -> None:
+    """Only the released GPT-OSS format is understood: quantization_config absent, or quant_method mxfp4."""
+    quantization = config.extra.get("quantization_config")
+    if quantization is not None and (not isinstance(quantization, dict) or quantization.get("quant_method") != "mxfp4"):
+        raise CheckpointError(f"config.json has quantization_config {quantization!r}; only 'mxfp4' (the GPT-OSS "
+                              f"release) is supported: use a dequantized or MXFP4 checkpoint")
 
 
 def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
@@ -96,15 +126,17 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
                     name_map: Callable[[str], str] = hf_to_local_name) -> CausalLM:
     """A Hugging Face style folder -> CausalLM in eval mode.
 
-    dtype None keeps the checkpoint's own dtype (the weights are then used in place, memory-mapped).
+    dtype None keeps the checkpoint's own dtype (the weights are then used in place, memory-mapped);
+    MXFP4 experts are then decoded to the dtype of the other weights (bfloat16 in the GPT-OSS release).
     check_finite scans every tensor for NaN/inf (one pass over the weights).
     """
     folder = Path(path)
     if not folder.is_dir():
         raise CheckpointError(f"model folder {folder} does not exist")
     config = ModelConfig.from_json(folder)
+    check_quantization(config)
     files = checkpoint_files(folder)
-    headers = {name_map(name): info for name, info in read_headers(files).items()}
+    headers = merge_mxfp4_headers({name_map(name): info for name, info in read_headers(files).items()})
     with torch.device("meta"):
         model = CausalLM(config, attn_implementation)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
@@ -136,7 +168,15 @@ def _read_state(files: dict[str, Path], name_map: Callable[[str], str], dtype: t
                 tensor = handle.get_tensor(name)  # memory-mapped: no copy yet
             except Exception as err:
                 raise CheckpointError(f"cannot read tensor '{name}' from {path} ({err}); the file is corrupt") from None
-            state[name_map(name)] = tensor.to(dtype=dtype or tensor.dtype, device=device)
+            if name.endswith(MXFP4_SUFFIXES):  # packed uint8: decoded below, together with its partner
+                state[name_map(name)] = tensor.to(device=device)
+            else:
+                state[name_map(name)] = tensor.to(dtype=dtype or tensor.dtype, device=device)
+    # MXFP4 experts are decoded to the dtype asked for, else to that of the checkpoint's other weights.
+    decoded_dtype = dtype or next((t.dtype for t in state.values() if t.is_floating_point()), torch.bfloat16)
+    for name in [n.removesuffix("_blocks") for n in state if n.endswith("_blocks")]:
+        blocks, scales = state.pop(name + "_blocks"), state.pop(name + "_scales")
+        state[name] = dequantize_expert_weight(blocks, scales, decoded_dtype)  # (E, in, out)
     return state
 
 

@@ -37,11 +37,13 @@ def build_attention_mask(attention_mask: torch.Tensor | None, query_len: int, ke
 
 
 def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None,
-                    scale: float) -> torch.Tensor:
+                    scale: float, sinks: torch.Tensor | None = None) -> torch.Tensor:
     """Exercise 3.3：把注意力公式写出来：softmax(q k^T * scale + mask) v。
 
     q: (B, n_heads, T, d)；k, v: (B, n_kv, S, d)，n_kv 可以小于 n_heads（用你的 repeat_kv）；
     mask: 布尔 (B 或 1, 1, T, S)，False 的位置分数设为 -inf；None 表示不遮挡。
     softmax 在 float32 里算，再转回 q 的 dtype。返回 (B, n_heads, T, d)。
+    sinks（GPT-OSS 的注意力汇点，课时9）：None，或形状 (n_heads,) 的张量，每个头一个可学习的分数。
+    它作为额外的一列加入 softmax，算完再丢掉这一列（它没有 value），于是每行概率之和小于 1。
     """
     raise NotImplementedError("Exercise 3.3: eager_attention")

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 import torch.nn.functional as F
+from transformers.models.gpt_oss.modeling_gpt_oss import eager_attention_forward as gpt_oss_attention
 from transformers.models.llama.modeling_llama import repeat_kv as hf_repeat_kv
 
 from .helpers import check_close
@@ -108,3 +111,16 @@ def test_eager_attention_one_key_copies_value(impl, gen):
                torch.randn(1, 1, 3, 4, generator=gen))
     out = impl.eager_attention(q, k, v, _loop_mask(None, 3, 3), 1.0)
     check_close(out[:, :, 0], v[:, :, 0], "第一个 query 只能看第一个 key：softmax 权重是 [1, 0, 0]，输出就是 v[0]")
+
+
+def test_eager_attention_with_sinks(impl, gen):
+    """GPT-OSS attention sinks: one extra softmax column per head, dropped afterwards (transformers' GPT-OSS)"""
+    q = torch.randn(1, 4, 3, 8, generator=gen)
+    k, v = torch.randn(1, 2, 3, 8, generator=gen), torch.randn(1, 2, 3, 8, generator=gen)
+    sinks = torch.tensor([0.5, -1.0, 2.0, 0.0])
+    mask = _loop_mask(None, 3, 3)
+    module = SimpleNamespace(num_key_value_groups=2, sinks=sinks, training=False)
+    additive = torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+    expected, _ = gpt_oss_attention(module, q, k, v, additive, 0.35)
+    check_close(impl.eager_attention(q, k, v, mask, 0.35, sinks), expected.transpose(1, 2),
+                "sinks：把 sinks.view(1, n_heads, 1, 1) 扩展成一列拼在分数最后，softmax 后去掉这一列再乘 v")

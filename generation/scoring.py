@@ -15,7 +15,8 @@ batch by the very step objects generate() uses (DoLa, EntropyLayerChoice), so th
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+import json
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -82,3 +83,47 @@ def score_continuations(model, prompt_ids: Sequence[int], continuations: Sequenc
     """Summed log-probability (n,) of each continuation under each method (see continuation_log_probs)."""
     per_token = continuation_log_probs(model, prompt_ids, continuations, methods, generator)
     return {name: values.sum(-1) for name, values in per_token.items()}
+
+
+# ------------------------------------------------------------------------------- multiple-choice questions
+
+def load_multiple_choice(path) -> list[dict[str, Any]]:
+    """Read a JSONL file of {"question": str, "choices": [str, ...], "answer": index}; refuse bad lines clearly."""
+    questions = []
+    with open(path, encoding="utf-8") as file:
+        for number, line in enumerate(file, start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg})") from None
+            choices, answer = item.get("choices"), item.get("answer")
+            if not isinstance(item.get("question"), str) or not isinstance(choices, list) or len(choices) < 2 \
+                    or not all(isinstance(c, str) and c for c in choices):
+                raise ValueError(f"{path}, line {number}: needs a 'question' string and a 'choices' list of at "
+                                 f"least two non-empty strings")
+            if not isinstance(answer, int) or not 0 <= answer < len(choices):
+                raise ValueError(f"{path}, line {number}: 'answer' must be an index into 'choices' "
+                                 f"(0..{len(choices) - 1}), got {answer!r}")
+            questions.append(item)
+    if not questions:
+        raise ValueError(f"{path} holds no questions")
+    return questions
+
+
+def multiple_choice_accuracy(model, encode: Callable[[str], list[int]], questions: Sequence[dict[str, Any]],
+                             methods: dict[str, dict[str, Any]],
+                             template: str = "Q: {question}\nA:") -> dict[str, float]:
+    """Fraction of questions whose right choice gets the highest summed log-probability, per method.
+
+    encode(text) -> token ids without special tokens; each choice is scored as " " + choice after the prompt.
+    """
+    correct = dict.fromkeys(methods, 0)
+    for item in questions:
+        prompt = encode(template.format(question=item["question"]))
+        choices = [encode(" " + choice) for choice in item["choices"]]
+        scores = score_continuations(model, prompt, choices, methods)
+        for name, values in scores.items():
+            correct[name] += int(values.argmax()) == item["answer"]
+    return {name: count / len(questions) for name, count in correct.items()}

@@ -95,3 +95,59 @@ def test_several_methods_share_one_forward(pair):
 def test_bad_scoring_input(pair, prompt, choices, message):
     with pytest.raises(ValueError, match=message):
         score_continuations(pair[1], prompt, choices)
+
+
+# ------------------------------------------------------------------------------- multiple choice, the script
+
+def fake_encode(text: str) -> list[int]:
+    return [6 + ord(ch) % 90 for ch in text]
+
+
+def test_multiple_choice_accuracy_counts_the_transformers_argmax(pair):
+    from generation.scoring import multiple_choice_accuracy
+
+    hf, ours = pair
+    questions = [{"question": q, "choices": ["red", "blue", "green"], "answer": 0} for q in ("Sky?", "Grass?", "X?")]
+    best = []
+    for item in questions:
+        prompt = fake_encode(f"Q: {item['question']}\nA:")
+        totals = []
+        for choice in item["choices"]:
+            ids = fake_encode(" " + choice)
+            log_p = hf_layer_log_probs(hf, prompt + ids)[-1]
+            totals.append(sum(log_p[len(prompt) - 1 + k, t].item() for k, t in enumerate(ids)))
+        best.append(max(range(3), key=totals.__getitem__))
+    questions[0]["answer"], questions[1]["answer"] = best[0], best[1]
+    questions[2]["answer"] = (best[2] + 1) % 3  # wrong on purpose
+    accuracy = multiple_choice_accuracy(ours, fake_encode, questions, {"plain": {}, "dola": {"dola_layers": "high"}})
+    assert accuracy["plain"] == pytest.approx(2 / 3)
+    assert 0.0 <= accuracy["dola"] <= 1.0
+
+
+@pytest.mark.parametrize("line, message", [
+    ("not json", "not valid JSON"),
+    ('{"question": "Q?", "choices": ["a"], "answer": 0}', "at least two"),
+    ('{"question": "Q?", "choices": ["a", "b"], "answer": 2}', r"'answer' must be an index into 'choices' \(0\.\.1\)"),
+])
+def test_bad_multiple_choice_file_is_refused_before_the_model_loads(tmp_path, line, message):
+    import importlib.util
+    from pathlib import Path
+
+    path = tmp_path / "bad.jsonl"
+    path.write_text(line + "\n")
+    script = Path(__file__).resolve().parent.parent / "scripts" / "select_dola_bucket.py"
+    spec = importlib.util.spec_from_file_location("select_dola_bucket", script)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    with pytest.raises(ValueError, match=message):
+        module.main(["--data", str(path), "--model", str(tmp_path / "no_model_here")])
+
+
+def test_shipped_questions_are_well_formed():
+    from pathlib import Path
+
+    from generation.scoring import load_multiple_choice
+
+    questions = load_multiple_choice(Path(__file__).resolve().parent.parent / "data" / "factual_mc.jsonl")
+    assert len(questions) >= 100
+    assert len({q["question"] for q in questions}) == len(questions)

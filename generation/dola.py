@@ -202,7 +202,8 @@ class DoLa:
 
     "paper" sits after the penalties (they act on the last layer's logits first); "transformers" must be
     the first step, so that the penalties and warpers run after the contrast, as in transformers.
-    Records per step: `dola_premature_layer` (B,) and `dola_jsd` (B, L) (the variant's own score).
+    Records per step: `dola_premature_layer` (B,), `dola_jsd` (B, L) (the variant's own score) and
+    `dola_candidate_layers` (L,), the layer of each column.
     """
 
     layers: tuple[int, ...]  # candidate premature layers J
@@ -228,4 +229,5 @@ class DoLa:
             new_scores, chosen, jsd = transformers_dola_scores(scores, premature, self.layers, self.alpha)
         ctx.record("dola_premature_layer", chosen)
         ctx.record("dola_jsd", jsd)
+        ctx.record("dola_candidate_layers", torch.tensor(self.layers))  # (L,) the columns of dola_jsd
         return new_scores

@@ -27,7 +27,7 @@ import torch
 
 from cache import DynamicCache
 
-from .loop import GenerateOutput, decode_one_token, extend_mask, prefill, reason_names
+from .loop import GenerateOutput, decode_one_token, extend_mask, no_token_left, prefill, reason_names
 from .steps import LogitsStep, StepContext, apply_logits_steps, needs_hidden_states
 from .stopping import StopConditions
 
@@ -67,13 +67,7 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     hidden_states = tuple(h.repeat_interleave(K, dim=0) for h in out.hidden_states) if hidden else None
     mask = attention_mask.repeat_interleave(K, dim=0) if attention_mask is not None else None
 
-    running = input_ids.new_full((B, K, L), pad_token_id)
-    running[:, :, :T] = input_ids[:, None, :]
-    # Only beam 0 is live at the start: K copies of the prompt would otherwise give K identical candidates.
-    running_scores = torch.full((B, K), NEVER, device=input_ids.device)
-    running_scores[:, 0] = 0.0
-    finished = Finished(running.clone(), torch.full((B, K), NEVER, device=input_ids.device),
-                        torch.zeros_like(running_scores, dtype=torch.long), torch.zeros_like(running_scores, dtype=torch.long))
+    running, running_scores, finished = initial_beams(input_ids, K, L, pad_token_id)
     can_improve = torch.ones((B, 1), dtype=torch.bool, device=input_ids.device)
     all_scores = []
     for step in range(stop.max_new_tokens):
@@ -84,6 +78,9 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         if output_scores:
             all_scores.append(log_probs)
         totals = (log_probs.view(B, K, -1) + running_scores[..., None]).view(B, -1)  # (B, K*V)
+        stuck = (totals.max(dim=-1).values <= NEVER / 2) & can_improve[:, 0]  # (B,) no live beam can continue
+        if stuck.any():
+            raise no_token_left(int(stuck.nonzero()[0]), step)
         cand_scores, cand_seqs, parents = top_candidates(totals, running, length, C, do_sample, generator)
         cand_reasons = stop(cand_seqs[:, :, :length + 1].reshape(B * C, -1)).view(B, C)
         ends = cand_reasons > 0
@@ -103,6 +100,20 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         out = decode_one_token(model, running[:, :, length].reshape(B * K, 1), mask, cache, hidden)
         logits, hidden_states = out.logits[:, -1].float(), out.hidden_states
     return beam_output(finished, T, num_return_sequences, tuple(all_scores) if output_scores else None, records)
+
+
+def initial_beams(input_ids: torch.Tensor, K: int, L: int, pad_token_id: int
+                  ) -> tuple[torch.Tensor, torch.Tensor, Finished]:
+    """K copies of each prompt in (B, K, L) buffers, their scores, and K empty finished slots."""
+    B, T = input_ids.shape
+    running = input_ids.new_full((B, K, L), pad_token_id)
+    running[:, :, :T] = input_ids[:, None, :]
+    # Only beam 0 is live at the start: K copies of the prompt would otherwise give K identical candidates.
+    running_scores = torch.full((B, K), NEVER, device=input_ids.device)
+    running_scores[:, 0] = 0.0
+    empty = torch.zeros((B, K), dtype=torch.long, device=input_ids.device)
+    finished = Finished(running.clone(), torch.full((B, K), NEVER, device=input_ids.device), empty, empty.clone())
+    return running, running_scores, finished
 
 
 def top_candidates(totals: torch.Tensor, running: torch.Tensor, length: int, C: int, do_sample: bool,

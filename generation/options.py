@@ -7,8 +7,10 @@ model and the prompt. Every bad value raises ValueError naming the argument and 
 
 from __future__ import annotations
 
+import difflib
+import math
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any, Sequence
 
 import torch
@@ -21,6 +23,11 @@ def _is_int(value: Any) -> bool:
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _finite_note(value: Any) -> str:
+    """' (it must be finite)' for inf/nan, which pass a range check like `x >= 0` or break one silently."""
+    return " (it must be finite)" if _is_number(value) and not math.isfinite(value) else ""
 
 
 @dataclass(frozen=True)
@@ -70,26 +77,27 @@ class GenerationOptions:
         if self.num_beams == 1 and self.num_return_sequences > 1 and not self.sampling:
             raise ValueError(f"num_return_sequences={self.num_return_sequences} needs do_sample=True or num_beams "
                              ">= num_return_sequences: greedy decoding would return identical copies")
-        if not _is_number(self.length_penalty):
+        if not _is_number(self.length_penalty) or not math.isfinite(self.length_penalty):
             raise ValueError(f"length_penalty must be a real number (0 = no length normalisation), "
-                             f"got {self.length_penalty!r}")
+                             f"got {self.length_penalty!r}{_finite_note(self.length_penalty)}")
         if not (self.early_stopping is True or self.early_stopping is False or self.early_stopping == "never"):
             raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
         if not isinstance(self.do_sample, bool):
             raise ValueError(f"do_sample must be True or False, got {self.do_sample!r}")
 
     def _check_distribution_options(self) -> None:
-        if not _is_number(self.temperature) or self.temperature < 0:
-            raise ValueError(f"temperature must be a number >= 0 (0 = greedy, 1 = unchanged), got {self.temperature!r}")
+        if not _is_number(self.temperature) or not 0 <= self.temperature < math.inf:
+            raise ValueError(f"temperature must be a number >= 0 (0 = greedy, 1 = unchanged), "
+                             f"got {self.temperature!r}{_finite_note(self.temperature)}")
         if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 0):
             raise ValueError(f"top_k must be an integer >= 0 (0 or None = off), got {self.top_k!r}")
         if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
             raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
         if self.min_p is not None and (not _is_number(self.min_p) or not 0 <= self.min_p <= 1):
             raise ValueError(f"min_p must be in [0, 1] or None (off), got {self.min_p!r}")
-        if not _is_number(self.repetition_penalty) or not self.repetition_penalty > 0:
+        if not _is_number(self.repetition_penalty) or not 0 < self.repetition_penalty < math.inf:
             raise ValueError(f"repetition_penalty must be a number > 0 (1.0 = off, > 1 discourages repeats), "
-                             f"got {self.repetition_penalty!r}")
+                             f"got {self.repetition_penalty!r}{_finite_note(self.repetition_penalty)}")
         if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
             raise ValueError(f"no_repeat_ngram_size must be an integer >= 0 (0 = off), "
                              f"got {self.no_repeat_ngram_size!r}")
@@ -105,14 +113,28 @@ class GenerationOptions:
             strings = [self.stop_strings] if isinstance(self.stop_strings, str) else self.stop_strings
             if not isinstance(strings, (list, tuple)) or not strings or \
                     not all(isinstance(s, str) and s for s in strings):
-                raise ValueError(f"stop_strings must be a non-empty string or a list of them, got {self.stop_strings!r}")
+                raise ValueError(f"stop_strings must be a non-empty string or a list of them, "
+                                 f"got {self.stop_strings!r}")
             if not callable(getattr(self.tokenizer, "decode", None)):
                 raise ValueError("stop_strings are matched on decoded text: pass tokenizer=... (any object with "
                                  ".decode(list_of_ids) -> str)")
         if self.generator is not None and not isinstance(self.generator, torch.Generator):
             raise ValueError(f"generator must be a torch.Generator or None, got {type(self.generator).__name__}")
-        if not all(callable(step) for step in self.logits_steps):
-            raise ValueError("logits_steps must be callables step(scores, ctx) -> scores")
+        if not isinstance(self.logits_steps, (list, tuple)) or not all(callable(step) for step in self.logits_steps):
+            raise ValueError("logits_steps must be a list of callables step(scores, ctx) -> scores, "
+                             f"got {self.logits_steps!r}")
+        if not isinstance(self.output_scores, bool):
+            raise ValueError(f"output_scores must be True or False, got {self.output_scores!r}")
+        self._check_token_id_types()
+
+    def _check_token_id_types(self) -> None:
+        """eos_token_id: an id or a list of ids; pad_token_id: an id. The vocabulary range is checked later."""
+        eos = self.eos_token_id
+        if eos is not None and not _is_int(eos) and not (isinstance(eos, (list, tuple)) and all(map(_is_int, eos))):
+            raise ValueError(f"eos_token_id must be a token id (int), a list of them, [] for none, or None for "
+                             f"the model config's, got {eos!r}")
+        if self.pad_token_id is not None and not _is_int(self.pad_token_id):
+            raise ValueError(f"pad_token_id must be a token id (int) or None, got {self.pad_token_id!r}")
 
     def stop_string_list(self) -> list[str]:
         if self.stop_strings is None:
@@ -134,6 +156,20 @@ class GenerationOptions:
             return config.pad_token_id
         eos = self.eos_token_ids(config)
         return eos[0] if eos else None
+
+
+def check_option_names(options: dict[str, Any]) -> None:
+    """Refuse a misspelt or unknown option by name (the dataclass alone would say 'unexpected keyword')."""
+    known = [f.name for f in fields(GenerationOptions)]
+    for name in options:
+        if name == "max_length":
+            raise TypeError("unknown generation option 'max_length': transformers' max_length counts the prompt "
+                            "too; here give the new tokens only, max_new_tokens=...")
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise TypeError(f"unknown generation option {name!r}: {hint}The options are the fields of "
+                            "GenerationOptions (generation/options.py) and the layer-selection ones.")
 
 
 def build_logits_steps(options: GenerationOptions, num_eos: int) -> list[LogitsStep]:
@@ -168,8 +204,9 @@ def build_logits_steps(options: GenerationOptions, num_eos: int) -> list[LogitsS
 def _builtin_kinds(options: GenerationOptions) -> dict[type, str]:
     """Step classes that the options already put in the list (to refuse a second copy)."""
     kinds = {RepetitionPenalty: options.repetition_penalty != 1.0, NoRepeatNGram: options.no_repeat_ngram_size > 0,
-             Temperature: options.sampling and options.temperature != 1.0, TopK: options.sampling and bool(options.top_k),
-             TopP: options.sampling and options.top_p < 1.0, MinP: options.sampling and options.min_p is not None}
+             Temperature: options.sampling and options.temperature != 1.0,
+             TopK: options.sampling and bool(options.top_k), TopP: options.sampling and options.top_p < 1.0,
+             MinP: options.sampling and options.min_p is not None}
     names = {RepetitionPenalty: "repetition_penalty", NoRepeatNGram: "no_repeat_ngram_size",
              Temperature: "temperature", TopK: "top_k", TopP: "top_p", MinP: "min_p"}
     return {kind: names[kind] for kind, is_set in kinds.items() if is_set}

@@ -13,7 +13,7 @@ import torch
 from .beam import beam_search
 from .layer_selection import LayerSelectionOptions, finish_layer_selection_records
 from .loop import GenerateOutput, decode_loop, reason_names
-from .options import GenerationOptions, build_logits_steps, check_inputs
+from .options import GenerationOptions, build_logits_steps, check_inputs, check_option_names
 from .steps import select_greedy, select_sample
 from .stopping import StopConditions
 
@@ -21,6 +21,7 @@ from .stopping import StopConditions
 def _prepare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, options: dict[str, Any]):
     """Validate, resolve the defaults that come from the model, and build the steps and stop conditions."""
     layer_selection = LayerSelectionOptions.pop_from(options)  # dola_layers, entropy_decoding, ...
+    check_option_names(options)
     opts = GenerationOptions(**options)
     check_inputs(opts, model, input_ids, attention_mask)
     eos = opts.eos_token_ids(model.config)
@@ -46,8 +47,9 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty, early_stopping,
     num_return_sequences, eos_token_id, pad_token_id, stop_strings, tokenizer, output_scores, generator,
     logits_steps); and the layer-selection options of generation/layer_selection.py: dola_layers,
-    dola_variant, dola_alpha, entropy_decoding, entropy_record_tokens, entropy_normalize, entropy_consistency_alpha). Returns GenerateOutput: .sequences (B * num_return_sequences, T + new), .stop_reasons,
-    .scores (with output_scores=True), .sequences_scores (beam search), .records (from your steps).
+    dola_variant, dola_alpha, entropy_decoding, entropy_record_tokens, entropy_normalize,
+    entropy_consistency_alpha). Returns GenerateOutput: .sequences (B * num_return_sequences, T + new),
+    .stop_reasons, .scores (with output_scores=True), .sequences_scores (beam search), .records (from your steps).
     """
     opts, steps, stop, generator, attention_mask = _prepare(model, input_ids, attention_mask, options)
     pad = opts.resolved_pad_token_id(model.config)
@@ -65,7 +67,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     new_tokens, scores, reasons = [], [], None
     for step in decode_loop(model, input_ids, attention_mask, steps, select, stop, pad, generator, records):
         new_tokens.append(step.tokens)
-        scores.append(step.scores)
+        if opts.output_scores:  # (B, V) per step: keep them only when asked, they add up
+            scores.append(step.scores)
         reasons = step.reasons
     finish_layer_selection_records(records, new_tokens)
     sequences = torch.cat([input_ids, torch.stack(new_tokens, dim=1)], dim=1)

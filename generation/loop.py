@@ -44,6 +44,13 @@ def extend_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
     return torch.cat([attention_mask, attention_mask.new_ones(attention_mask.shape[0], 1)], dim=-1)
 
 
+def no_token_left(row: int, step: int) -> ValueError:
+    """The error for a row whose every score is -inf: greedy would silently pick token 0, sampling would crash."""
+    return ValueError(f"choosing new token {step + 1} of row {row}, the logits steps left no token (every score "
+                      "is -inf): a step that bans tokens removed them all, e.g. no_repeat_ngram_size once every "
+                      "token would repeat an n-gram; use a larger no_repeat_ngram_size or fewer new tokens")
+
+
 @dataclass
 class DecodeStep:
     """What one iteration of the loop produced."""
@@ -86,8 +93,11 @@ def decode_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         logits = out.logits[:, -1].float()  # (B, V)
         ctx = StepContext(sequences, prompt_length, logits, out.hidden_states, model, generator, step, records)
         scores = apply_logits_steps(steps, logits, ctx)
-        tokens = select(scores, generator)  # (B,)
         finished = reasons > 0
+        stuck = ~finished & ~torch.isfinite(scores).any(dim=-1)  # (B,) running rows with nothing left
+        if stuck.any():
+            raise no_token_left(int(stuck.nonzero()[0]), step)
+        tokens = select(scores, generator)  # (B,)
         if finished.any():
             tokens = tokens.masked_fill(finished, pad_token_id)  # a finished row only grows padding
         sequences = torch.cat([sequences, tokens[:, None]], dim=-1)

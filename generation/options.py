@@ -223,8 +223,10 @@ def check_inputs(options: GenerationOptions, model, input_ids: Any, attention_ma
         raise ValueError(f"input_ids must be a (batch, length) torch.long tensor, got {got}")
     if input_ids.numel() == 0:
         raise ValueError(f"input_ids is empty (shape {tuple(input_ids.shape)}): the prompt needs at least one token")
-    if input_ids.min() < 0 or input_ids.max() >= config.vocab_size:
-        raise ValueError(f"input_ids hold ids outside the vocabulary [0, {config.vocab_size})")
+    outside = input_ids[(input_ids < 0) | (input_ids >= config.vocab_size)]
+    if outside.numel():
+        raise ValueError(f"input_ids hold ids outside the vocabulary [0, {config.vocab_size}), e.g. {int(outside[0])}: "
+                         "was the prompt encoded with this model's tokenizer?")
     total = input_ids.shape[1] + options.max_new_tokens
     if total > config.max_position_embeddings:
         raise ValueError(f"prompt length ({input_ids.shape[1]}) + max_new_tokens ({options.max_new_tokens}) = {total} "

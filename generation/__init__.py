@@ -69,6 +69,10 @@ A step class that needs the hidden states says so with an attribute:
 Building blocks for other decoders (speculative decoding, ...): `prefill`, `decode_one_token`,
 `apply_logits_steps`, `select_greedy`, `select_sample`, `StopConditions`.
 
+Two models (one prompt at a time; same options as generate(), output with .sequences and .stats):
+speculative.py + drafting.py (`speculative_generate(target, draft_model_or_k, ids)`: a draft model or the
+target's first k layers propose, the target verifies), assisted.py (shared).
+
 Decisions: temperature=0 with do_sample=True means greedy (the T -> 0 limit); top_k defaults to off (not
 transformers' 50); temperature/top_k/top_p/min_p are ignored with a warning when do_sample=False, as in
 transformers; prompt + max_new_tokens beyond max_position_embeddings is an error; eos_token_id=None takes
@@ -82,12 +86,14 @@ from .entropy import EntropyLayerChoice
 from .layer_selection import LayerSelectionOptions, stack_records
 from .loop import DecodeStep, GenerateOutput, decode_loop, decode_one_token, prefill
 from .options import GenerationOptions, build_logits_steps, check_inputs
+from .speculative import speculative_generate
 from .steps import (MinP, NoRepeatNGram, RepetitionPenalty, StepContext, Temperature, TopK, TopP,
                     apply_logits_steps, min_p_filter, needs_hidden_states, no_repeat_ngram, repetition_penalty,
                     select_greedy, select_sample, temperature_scale, top_k_filter, top_p_filter)
 from .stopping import STOP_REASONS, StopConditions
 
 __all__ = [
+    "speculative_generate",
     "generate", "stream", "beam_search", "DecodeStep", "GenerateOutput", "decode_loop", "decode_one_token",
     "prefill", "GenerationOptions", "build_logits_steps", "check_inputs", "MinP", "NoRepeatNGram",
     "RepetitionPenalty", "StepContext", "Temperature", "TopK", "TopP", "apply_logits_steps", "min_p_filter",

@@ -80,12 +80,16 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache=None, output_hidden_states: bool = False,
-                logits_to_keep: int = 0) -> CausalLMOutput:
+                logits_to_keep: int = 0, num_layers: int | None = None) -> CausalLMOutput:
         """input_ids (B, T); attention_mask (B, past + T) with 0 for padding; cache updated in place.
 
         logits_to_keep > 0 computes logits (and keeps hidden states) only for the last that many positions:
         a decode step needs one, and the head is the largest matmul of a small model.
+        num_layers runs only the first that many blocks, then the final norm and head: an early exit, as
+        self-speculative drafting uses (generation/drafting.py); only those blocks' cache layers grow.
         """
+        if num_layers is not None and not 1 <= num_layers <= len(self.layers):
+            raise ValueError(f"num_layers must be in [1, {len(self.layers)}] (or None for all), got {num_layers}")
         B, T = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
@@ -98,7 +102,7 @@ class CausalLM(nn.Module):
             masks["sliding_attention"] = self.sliding_window_mask(attention_mask, T, cache)
         keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
         hidden_states = [x[:, keep]] if output_hidden_states else None
-        for block in self.layers:
+        for block in self.layers[:num_layers]:
             x = block(x, cos, sin, masks[block.attention_type], cache)
             if hidden_states is not None:
                 hidden_states.append(x[:, keep])

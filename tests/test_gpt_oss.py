@@ -162,6 +162,22 @@ def test_early_exit_logits_match_transformers_head_on_each_layer(tmp_path):
     assert (early[-1] - ref.logits[:, -1]).abs().max() <= 1e-4  # the last layer gives the normal logits
 
 
+@pytest.mark.parametrize("dola_layers", ["low", "high"])
+def test_dola_on_gpt_oss_equals_transformers_generate(tmp_path, dola_layers):
+    """DoLa contrasts early-exit logits (final norm + head on a middle layer) with the last layer's."""
+    hf = save_tiny_gpt_oss(tmp_path, num_hidden_layers=4)
+    ours = load_pretrained(tmp_path)
+    ids = torch.randint(3, hf.config.vocab_size, (2, 9), generator=torch.Generator().manual_seed(7))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = hf.generate(ids, do_sample=False, dola_layers=dola_layers, trust_remote_code=True, pad_token_id=0,
+                               max_new_tokens=10, eos_token_id=None)
+    got = generate(ours, ids, max_new_tokens=10, eos_token_id=[], pad_token_id=0, dola_layers=dola_layers,
+                   dola_variant="transformers")
+    plain = generate(ours, ids, max_new_tokens=10, eos_token_id=[], pad_token_id=0)
+    assert torch.equal(got.sequences, expected) and not torch.equal(plain.sequences, expected)
+
+
 def test_yarn_frequencies_match_transformers_for_the_gpt_oss_20b_rope():
     from transformers import GptOssConfig
     from transformers.models.gpt_oss.modeling_gpt_oss import GptOssRotaryEmbedding

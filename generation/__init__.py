@@ -71,7 +71,9 @@ Building blocks for other decoders (speculative decoding, ...): `prefill`, `deco
 
 Two models (one prompt at a time; same options as generate(), output with .sequences and .stats):
 speculative.py + drafting.py (`speculative_generate(target, draft_model_or_k, ids)`: a draft model or the
-target's first k layers propose, the target verifies), assisted.py (shared).
+target's first k layers propose, the target verifies), hybrid.py + uncertainty.py (`hybrid_generate(small,
+large, ids, routing_metric=..., threshold=...)`: per-token routing by entropy or LogU uncertainty),
+profiling.py (`generate_with_profile`: per-token records, percentiles, plots, JSON), assisted.py (shared).
 
 Decisions: temperature=0 with do_sample=True means greedy (the T -> 0 limit); top_k defaults to off (not
 transformers' 50); temperature/top_k/top_p/min_p are ignored with a warning when do_sample=False, as in
@@ -86,6 +88,8 @@ from .entropy import EntropyLayerChoice
 from .layer_selection import LayerSelectionOptions, stack_records
 from .loop import DecodeStep, GenerateOutput, decode_loop, decode_one_token, prefill
 from .options import GenerationOptions, build_logits_steps, check_inputs
+from .hybrid import hybrid_generate
+from .profiling import ProfileResult, generate_with_profile
 from .speculative import speculative_generate
 from .steps import (MinP, NoRepeatNGram, RepetitionPenalty, StepContext, Temperature, TopK, TopP,
                     apply_logits_steps, min_p_filter, needs_hidden_states, no_repeat_ngram, repetition_penalty,
@@ -93,7 +97,7 @@ from .steps import (MinP, NoRepeatNGram, RepetitionPenalty, StepContext, Tempera
 from .stopping import STOP_REASONS, StopConditions
 
 __all__ = [
-    "speculative_generate",
+    "speculative_generate", "hybrid_generate", "generate_with_profile", "ProfileResult",
     "generate", "stream", "beam_search", "DecodeStep", "GenerateOutput", "decode_loop", "decode_one_token",
     "prefill", "GenerationOptions", "build_logits_steps", "check_inputs", "MinP", "NoRepeatNGram",
     "RepetitionPenalty", "StepContext", "Temperature", "TopK", "TopP", "apply_logits_steps", "min_p_filter",

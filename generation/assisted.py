@@ -15,7 +15,7 @@ import torch
 from cache import DynamicCache
 
 from .api import _prepare
-from .loop import GenerateOutput
+from .loop import GenerateOutput, no_token_left
 from .options import GenerationOptions, check_inputs
 from .steps import LogitsStep, StepContext, apply_logits_steps, needs_hidden_states
 from .stopping import RUNNING, StopConditions
@@ -69,6 +69,8 @@ def process_positions(steps: list[LogitsStep], logits: torch.Tensor, tokens: tor
         ctx = StepContext(context, prompt_length, logits[i:i + 1], None, model, generator,
                           first_length + i - prompt_length, {})  # records of tried drafts are dropped
         rows.append(apply_logits_steps(steps, logits[i:i + 1], ctx))
+        if not torch.isfinite(rows[-1]).any():  # the steps banned every token: nothing can be chosen
+            raise no_token_left(0, ctx.step)
     return torch.cat(rows)  # (k, V)
 
 

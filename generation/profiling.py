@@ -1,0 +1,152 @@
+"""Profiling a generation token by token: how unsure the small model was, and which model wrote each token.
+
+    profile = generate_with_profile(small, large, ids, routing_metric="aleatoric", threshold=0.5,
+                                    tokenizer=tok, max_new_tokens=100)
+    profile.print_summary()
+    profile.analyze_distribution("uncertainty")["percentiles"]["top_10%"]   # 10% of tokens are at least this
+    profile.get_high_uncertainty_tokens(10)
+    profile.plot_distributions("profile.png")
+    profile.save_to_file("profile.json")
+
+With large=None every token comes from the one model: a profile of a single model's uncertainty.
+The records come from the routing loop itself (generation/hybrid.py), so the profile shows exactly what
+drove each routing decision.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+
+from .hybrid import LARGE, SMALL, HybridStats, run_routing
+
+# Names accepted by analyze_distribution; "uncertainty" is seed 003's name for the aleatoric one.
+METRIC_FIELDS = {"uncertainty": "aleatoric_uncertainty", "aleatoric": "aleatoric_uncertainty",
+                 "epistemic": "epistemic_uncertainty", "entropy": "entropy"}
+
+
+@dataclass
+class TokenRecord:
+    token_id: int
+    token_text: str
+    position: int  # 0 = the first generated token
+    entropy: float  # bits, of the small model's raw distribution
+    aleatoric_uncertainty: float  # LogU, small model
+    epistemic_uncertainty: float
+    model_used: str  # "slm" or "llm"
+    top_k_probs: list[tuple[int, float]]  # (token id, probability) of the distribution the token was drawn from
+
+
+@dataclass
+class ProfileResult:
+    tokens: list[TokenRecord]
+    generated_text: str
+    stats: HybridStats
+    sequences: torch.Tensor  # (1, prompt + new)
+    strategy: str = field(default="")
+
+    def values(self, metric: str) -> torch.Tensor:
+        """(n,) float64: one measure over all generated tokens ("uncertainty", "aleatoric", "epistemic", "entropy")."""
+        if metric not in METRIC_FIELDS:
+            raise ValueError(f"metric must be one of {sorted(METRIC_FIELDS)}, got {metric!r}")
+        return torch.tensor([getattr(t, METRIC_FIELDS[metric]) for t in self.tokens], dtype=torch.float64)
+
+    def analyze_distribution(self, metric: str = "uncertainty",
+                             percentiles: Sequence[int] = (10, 20, 30, 50)) -> dict[str, Any]:
+        """Mean, std (population), min, max, median, and percentiles counted from the top: "top_10%" is the
+        value that the highest 10% of tokens reach (the 90th percentile, linear interpolation), with the
+        mean/min/max of the top-10% tokens under "top_10_percent"."""
+        values = self.values(metric)
+        if values.numel() == 0:
+            raise ValueError("the profile has no tokens to analyse")
+        top_cut = torch.quantile(values, 0.9)
+        top = values[values >= top_cut]
+        return {
+            "metric": metric, "count": values.numel(), "mean": float(values.mean()),
+            "std": float(values.std(unbiased=False)), "min": float(values.min()), "max": float(values.max()),
+            "median": float(torch.quantile(values, 0.5)),
+            "percentiles": {f"top_{p}%": float(torch.quantile(values, 1 - p / 100)) for p in percentiles},
+            "top_10_percent": {"mean": float(top.mean()), "min": float(top.min()), "max": float(top.max()),
+                               "count": top.numel()},
+        }
+
+    def get_high_uncertainty_tokens(self, top_n: int = 10, metric: str = "uncertainty") -> list[TokenRecord]:
+        """The top_n tokens with the highest measure, highest first."""
+        order = torch.argsort(self.values(metric), descending=True, stable=True)
+        return [self.tokens[int(i)] for i in order[:top_n]]
+
+    def summary(self, metric: str = "uncertainty", top_n: int = 10) -> str:
+        n, large = len(self.tokens), sum(t.model_used == LARGE for t in self.tokens)
+        a = self.analyze_distribution(metric)
+        lines = ["=" * 70, f"Profile Summary - Strategy: {self.strategy}", "=" * 70,
+                 f"Generated {n} tokens in {self.stats.seconds:.2f}s", f"Speed: {self.stats.tokens_per_second:.2f} tok/s",
+                 "Model Usage:", f"  SLM: {n - large} tokens ({100 * (n - large) / n:.1f}%)",
+                 f"  LLM: {large} tokens ({100 * large / n:.1f}%)", "-" * 70, f"{metric.capitalize()} Distribution:",
+                 f"  Count: {a['count']}", f"  Mean: {a['mean']:.4f} ± {a['std']:.4f} (std)",
+                 f"  Range: [{a['min']:.4f}, {a['max']:.4f}]", f"  Median: {a['median']:.4f}",
+                 f"  Top 10% tokens: mean {a['top_10_percent']['mean']:.4f}, range "
+                 f"[{a['top_10_percent']['min']:.4f}, {a['top_10_percent']['max']:.4f}]", "  Percentiles (from highest):"]
+        lines += [f"    {name}: {value:.4f}" for name, value in a["percentiles"].items()]
+        lines += ["-" * 70, f"Top {top_n} Most Uncertain Tokens:"]
+        for rank, t in enumerate(self.get_high_uncertainty_tokens(top_n, metric), 1):
+            value = getattr(t, METRIC_FIELDS[metric])
+            lines.append(f"{rank:2d}. Pos {t.position:3d} | {json.dumps(t.token_text, ensure_ascii=False):20s} | "
+                         f"{metric.capitalize()}: {value:.4f} | Model: {t.model_used.upper()}")
+        return "\n".join(lines)
+
+    def print_summary(self, metric: str = "uncertainty", top_n: int = 10) -> None:
+        print(self.summary(metric, top_n))
+
+    def plot_distributions(self, path: str | Path) -> Path:
+        """Histograms of the three measures and their trace over positions (LLM tokens marked), to a PNG.
+
+        Uses matplotlib's object interface (Figure + savefig), so no global backend state is touched."""
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(12, 7), layout="constrained")
+        axes = fig.subplots(2, 3)
+        large = torch.tensor([t.model_used == LARGE for t in self.tokens], dtype=torch.bool)
+        positions = torch.tensor([t.position for t in self.tokens])
+        for column, metric in enumerate(("entropy", "aleatoric", "epistemic")):
+            values = self.values(metric)
+            axes[0, column].hist(values.numpy(), bins=min(30, max(len(values), 1)), color="tab:blue")
+            axes[0, column].set(title=f"{metric} distribution", xlabel=metric, ylabel="tokens")
+            axes[1, column].plot(positions.numpy(), values.numpy(), color="0.6", linewidth=0.8)
+            for used, colour in ((~large, "tab:green"), (large, "tab:red")):
+                axes[1, column].scatter(positions[used].numpy(), values[used].numpy(), s=10, color=colour,
+                                        label=SMALL.upper() if colour == "tab:green" else LARGE.upper())
+            axes[1, column].set(title=f"{metric} per token", xlabel="generated position", ylabel=metric)
+            axes[1, column].legend(loc="upper right", fontsize="small")
+        fig.savefig(path, dpi=100)
+        return Path(path)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"strategy": self.strategy, "generated_text": self.generated_text, "stats": self.stats.as_dict(),
+                "sequences": self.sequences.tolist(), "tokens": [asdict(t) for t in self.tokens]}
+
+    def save_to_file(self, path: str | Path) -> Path:
+        """The whole profile as JSON (tokens, text, stats, and the analysis of each measure)."""
+        data = self.to_dict()
+        if self.tokens:
+            data["analysis"] = {m: self.analyze_distribution(m) for m in ("entropy", "aleatoric", "epistemic")}
+        Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1))
+        return Path(path)
+
+
+def generate_with_profile(small, large, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
+                          routing_metric: str = "aleatoric", threshold: float | None = None, logu_top_k: int = 10,
+                          top_probs: int = 5, **options: Any) -> ProfileResult:
+    """hybrid_generate with a record of every token (large=None: the small model alone). The `tokenizer`
+    option, when given, supplies token_text and generated_text; otherwise they show the ids."""
+    out, routed = run_routing(small, large, input_ids, attention_mask, routing_metric, threshold, logu_top_k,
+                              top_probs, options)
+    tokenizer = options.get("tokenizer")
+    text = (lambda ids: tokenizer.decode(ids)) if tokenizer is not None else (lambda ids: " ".join(f"<{i}>" for i in ids))
+    tokens = [TokenRecord(r.token_id, text([r.token_id]), r.position, r.uncertainty.entropy, r.uncertainty.aleatoric,
+                          r.uncertainty.epistemic, r.model_used, r.top_probs) for r in routed]
+    strategy = f"profiled_{routing_metric}" if large is not None else "profiled_single_model"
+    return ProfileResult(tokens, text(out.new_tokens[0].tolist()), out.stats, out.sequences, strategy)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ ROPE_SCALING_KEYS: dict[str, set[str]] = {
     "llama3": {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"},
     "yarn": {"factor"},
 }
+# rope_scaling keys that hold a length or a ratio: when present (and not null) they must be positive numbers.
+ROPE_SCALING_NUMBERS = {"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings",
+                        "beta_fast", "beta_slow", "attention_factor", "mscale", "mscale_all_dim"}
 
 # Keys that appear in real config.json files but do not change the computation.
 IGNORED_KEYS = {
@@ -101,8 +105,9 @@ class ModelConfig:
                 if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                     raise ConfigError(f"config key '{f.name}' must be a positive integer, got {value!r}")
             if f.name in _POSITIVE_FLOATS:
-                if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-                    raise ConfigError(f"config key '{f.name}' must be a positive number, got {value!r}")
+                if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
+                    note = " (it must be finite)" if value == math.inf else ""
+                    raise ConfigError(f"config key '{f.name}' must be a positive number, got {value!r}{note}")
             if f.name in _BOOLS and not isinstance(value, bool):
                 raise ConfigError(f"config key '{f.name}' must be true or false, got {value!r}")
 
@@ -116,6 +121,9 @@ class ModelConfig:
                 f"num_attention_heads ({self.num_attention_heads}) must be divisible by "
                 f"num_key_value_heads ({self.num_key_value_heads}) for grouped-query attention"
             )
+        if self.head_dim % 2:  # RoPE rotates dimension i with i + head_dim/2 (model/rope.py)
+            raise ConfigError(f"head_dim ({self.head_dim}) must be even: rotary embeddings rotate pairs of "
+                              "dimensions; check head_dim (or hidden_size / num_attention_heads if it is unset)")
         if self.hidden_act != "silu":
             raise ConfigError(f"config key 'hidden_act' is {self.hidden_act!r}; only 'silu' (SwiGLU) is supported")
         self._check_rope_scaling()
@@ -136,6 +144,11 @@ class ModelConfig:
         missing = ROPE_SCALING_KEYS[rope_type] - set(self.rope_scaling)
         if missing:
             raise ConfigError(f"rope_scaling of type {rope_type!r} is missing key(s): {sorted(missing)}")
+        for key in sorted(ROPE_SCALING_NUMBERS & set(self.rope_scaling)):
+            value = self.rope_scaling[key]
+            if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)
+                                      or not 0 < value < math.inf):
+                raise ConfigError(f"rope_scaling '{key}' must be a positive number, got {value!r}")
         factor = self.rope_scaling.get("factor", 1.0)
         if not isinstance(factor, (int, float)) or factor < 1.0:
             raise ConfigError(f"rope_scaling 'factor' must be a number >= 1, got {factor!r}")
@@ -147,7 +160,8 @@ class ModelConfig:
             for token_id in ids:
                 if token_id is None:
                     continue
-                if not isinstance(token_id, int) or not 0 <= token_id < self.vocab_size:
+                is_id = isinstance(token_id, int) and not isinstance(token_id, bool)
+                if not is_id or not 0 <= token_id < self.vocab_size:
                     raise ConfigError(
                         f"config key '{key}' = {value!r} is not a token id in [0, vocab_size={self.vocab_size})"
                     )
@@ -225,5 +239,5 @@ class ModelConfig:
 _POSITIVE_INTS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "max_position_embeddings"}
 _OPTIONAL_POSITIVE_INTS = {"num_key_value_heads", "head_dim", "sliding_window"}
-_POSITIVE_FLOATS = {"rms_norm_eps", "rope_theta"}
+_POSITIVE_FLOATS = {"rms_norm_eps", "rope_theta", "initializer_range"}
 _BOOLS = {"attention_bias", "mlp_bias", "tie_word_embeddings"}

@@ -41,9 +41,9 @@ def checkpoint_files(folder: Path) -> dict[str, Path]:
     if (folder / INDEX_FILE).is_file():
         try:
             weight_map = json.loads((folder / INDEX_FILE).read_text())["weight_map"]
-        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            files = {name: folder / shard for name, shard in weight_map.items()}  # tensor name -> shard file
+        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{folder / INDEX_FILE} is not a valid safetensors index ({err!r})") from None
-        files = {name: folder / shard for name, shard in weight_map.items()}
         for shard in sorted(set(files.values())):
             if not shard.is_file():
                 raise CheckpointError(f"the index {INDEX_FILE} points at shard '{shard.name}', which is missing "
@@ -113,6 +113,24 @@ def merge_mxfp4_headers(found: dict[str, tuple[tuple[int, ...], str]]) -> dict[s
     return merged
 
 
+def check_dtypes(found: dict[str, tuple[tuple[int, ...], str]], dtype: torch.dtype | None) -> None:
+    """`dtype` must be a floating-point torch.dtype; with None each tensor keeps its stored dtype, so they
+    must all share one (a bf16 matrix next to an fp32 one would fail deep inside the first matmul)."""
+    if dtype is not None:
+        if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
+            raise CheckpointError(f"dtype must be a floating-point torch.dtype such as torch.bfloat16 (or None to "
+                                  f"keep the checkpoint's), got {dtype!r}")
+        return
+    example: dict[str, str] = {}  # stored dtype -> one tensor stored in it
+    for name, (_, stored) in sorted(found.items()):
+        if stored != "MXFP4":  # decoded later to the dtype of the other weights
+            example.setdefault(stored, name)
+    if len(example) > 1:
+        listed = ", ".join(f"'{name}' is {stored}" for stored, name in example.items())
+        raise CheckpointError(f"the checkpoint mixes floating-point dtypes ({listed}); pass dtype=torch.float32 "
+                              f"(or torch.bfloat16, ...) to load_pretrained to convert every tensor to one dtype")
+
+
 def check_quantization(config: ModelConfig) -> None:
     """Only the released GPT-OSS format is understood: quantization_config absent, or quant_method mxfp4."""
     quantization = config.extra.get("quantization_config")
@@ -141,6 +159,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
         model = CausalLM(config, attn_implementation)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     check_tensors(expected, headers, config.tie_word_embeddings)
+    check_dtypes(headers, dtype)
 
     state = _read_state(files, name_map, dtype, device)
     if config.tie_word_embeddings and "lm_head.weight" in state:

@@ -28,12 +28,16 @@ SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
 def read_json(path: Path) -> Any:
     """Parse a JSON file; a broken file gets an error that names it and the place of the problem."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as error:
         raise ValueError(
             f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}). "
             "Re-download or re-export the tokenizer files."
         ) from None
+    if not isinstance(data, dict):  # every tokenizer file read here is one JSON object {...}
+        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object {{...}}: it is not a "
+                         "tokenizer file. Re-download or re-export the tokenizer files.")
+    return data
 
 
 def _token_content(value: Any) -> str | None:
@@ -154,14 +158,24 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     return _load_from_folder(path)
 
 
+def check_special_tokens(tokenizer: Tokenizer, folder: Path) -> Tokenizer:
+    """A special token named in the config files must be a token: else its id would silently be None."""
+    for name in SPECIAL_TOKEN_NAMES:
+        token = getattr(tokenizer, name)
+        if token is not None and tokenizer.token_to_id(token) is None:
+            raise ValueError(f"{folder}: the config files name {name} {token!r}, which is not in the vocabulary "
+                             "or the added tokens; fix tokenizer_config.json / special_tokens_map.json.")
+    return tokenizer
+
+
 def _load_from_folder(folder: Path) -> Tokenizer:
     tokenizer_json, sp_model = folder / "tokenizer.json", folder / "tokenizer.model"
     if tokenizer_json.is_file():
         spec = read_json(tokenizer_json)
         if is_byte_level(spec) or not sp_model.is_file():  # LLaMA-2 folders carry both; their json is not
-            return bpe_from_tokenizer_json(tokenizer_json, spec)
+            return check_special_tokens(bpe_from_tokenizer_json(tokenizer_json, spec), folder)
     if sp_model.is_file():
-        return sentencepiece_from_folder(sp_model)
+        return check_special_tokens(sentencepiece_from_folder(sp_model), folder)
     ggufs = sorted(folder.glob("*.gguf"))
     if len(ggufs) == 1:
         return bpe_from_gguf(ggufs[0])

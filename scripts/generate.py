@@ -4,9 +4,10 @@
     python scripts/generate.py --help          # every option, with examples
 
 The script is thin: it parses and checks the arguments, loads the tokenizer and the model
-(tokenizer/, model/), and calls generation.stream() (or generate() for beam search and several
-sequences). The last line, on stderr, sums up the run. Bad input gets one line on stderr and exit
-code 2 (1 for broken model files); Ctrl-C keeps what was printed and exits with 130.
+(tokenizer/, model/), and calls generation.stream() -- or, when the text is only known at the end,
+generate() (beam search, several sequences, --plot), speculative_generate(), hybrid_generate() or
+generate_with_profile(). The last line, on stderr, sums up the run. Bad input gets one line on stderr
+and exit code 2 (1 for broken model files); Ctrl-C keeps what was printed and exits with 130.
 """
 
 from __future__ import annotations
@@ -29,9 +30,13 @@ examples:
   %(prog)s --prompt "Write a haiku about rain." --do-sample --temperature 0.7 --top-p 0.9 --seed 0
   %(prog)s --prompt "Once upon a time" --no-chat --max-new-tokens 100 --repetition-penalty 1.2
   %(prog)s --prompt "Name three rivers." --num-beams 4 --num-return-sequences 2
-  %(prog)s --prompt "Who wrote Hamlet?" --dola-layers high
-  %(prog)s --prompt "Who wrote Hamlet?" --entropy-decoding trough
   %(prog)s --prompt "List two colours." --stop "." --stop $'\\n'
+  %(prog)s --prompt "Who wrote Hamlet?" --dola-layers high --plot dola.png
+  %(prog)s --prompt "Who wrote Hamlet?" --entropy-decoding trough --plot layers.png
+  %(prog)s --prompt "Explain gravity." --self-speculative 8 --num-draft-tokens 4
+  %(prog)s --model big/ --draft-model small/ --prompt "Explain gravity."
+  %(prog)s --model big/ --draft-model small/ --strategy entropy --threshold 2.0 --prompt "Hi"
+  %(prog)s --prompt "Explain gravity." --profile profile.json --plot profile.png
   %(prog)s --model path/to/hf_folder --dtype bfloat16 --device cuda --prompt "Hello"
 
 The last line, on stderr, sums up the run:
@@ -42,6 +47,11 @@ Exit codes: 0 done, 1 unreadable model files, 2 bad arguments or prompt, 130 int
 """
 
 SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p")  # shape the distribution sampled from
+OPTION_NAMES = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
+                "no_repeat_ngram_size", "num_beams", "length_penalty", "early_stopping", "num_return_sequences",
+                "stop_strings", "dola_layers", "dola_variant", "dola_alpha", "entropy_decoding",
+                "entropy_normalize", "entropy_consistency_alpha")  # generate()'s names
+ROUTING_METRIC = {"entropy": "entropy", "uncertainty": "aleatoric"}  # --strategy -> hybrid's routing_metric
 
 
 class UsageError(Exception):
@@ -78,51 +88,76 @@ def build_parser() -> Parser:
                     formatter_class=argparse.RawDescriptionHelpFormatter)
     add = parser.add_argument_group("model and prompt").add_argument
     add("--prompt", metavar="TEXT", required=True, help="the text to continue or the question to answer")
-    add("--model", metavar="PATH", type=Path, help="a Hugging Face style folder (config.json, *.safetensors, tokenizer files); "
-        "default: SmolLM2-135M-Instruct from the model zoo, prepared on first use")
+    add("--model", metavar="PATH", type=Path, help="a Hugging Face style folder (config.json, *.safetensors, "
+        "tokenizer files); default: SmolLM2-135M-Instruct from the model zoo, prepared on first use")
     add("--no-chat", action="store_true", help="encode the prompt as plain text instead of formatting it with "
         "the model's chat template (chat is on by default when the tokenizer has a template)")
     add("--system", metavar="TEXT", help="a system message put before the prompt (chat formatting only)")
-    add("--dtype", choices=("float32", "bfloat16", "float16"), help="weights and activations dtype "
-        "(default: the checkpoint's)")
+    add("--dtype", choices=("float32", "bfloat16", "float16"), help="weights dtype (default: the checkpoint's)")
     add("--device", default="auto", help="cpu, cuda, cuda:1, mps... (default: cuda if available, else cpu)")
+    add("--threads", metavar="N", type=int, help="CPU threads for torch (default: torch's choice)")
     add = parser.add_argument_group("length and randomness").add_argument
     add("--max-new-tokens", metavar="N", type=int, default=256, help="at most this many new tokens (default: 256)")
     add("--seed", metavar="N", type=int, help="seed of the random generator (sampling, entropy random_after); "
         "default: a fresh one, printed in the summary")
     add("--stop", action="append", dest="stop_strings", metavar="TEXT",
         help="end when the generated text contains TEXT (repeatable)")
-    add = parser.add_argument_group("decoding (generate()'s options; greedy by default)").add_argument
+    add_decoding_arguments(parser.add_argument_group("decoding (generate()'s options; greedy by default)"))
+    add_layer_arguments(parser.add_argument_group("layer selection (DoLa, entropy-based layer choice)"))
+    add_two_model_arguments(parser.add_argument_group("two models (speculative decoding, hybrid routing)"))
+    return parser
+
+
+def add_decoding_arguments(group) -> None:
+    add = group.add_argument
     add("--do-sample", action="store_true", help="sample tokens instead of taking the most likely one")
     add("--temperature", metavar="T", type=float, help="divide the logits by this (sampling; 0 = greedy)")
     add("--top-k", metavar="K", type=int, help="keep the k most likely tokens (sampling)")
     add("--top-p", metavar="P", type=float, help="keep the smallest set of tokens with probability >= p (sampling)")
     add("--min-p", metavar="P", type=float, help="drop tokens below min_p x the top probability (sampling)")
-    add("--repetition-penalty", metavar="X", type=float, help="> 1 discourages tokens already in the text (CTRL paper)")
+    add("--repetition-penalty", metavar="X", type=float, help="> 1 discourages tokens already in the text")
     add("--no-repeat-ngram-size", metavar="N", type=int, help="never repeat an n-gram of this size")
     add("--num-beams", metavar="N", type=int, help="beam search with this many beams (prints at the end)")
     add("--length-penalty", metavar="X", type=float, help="beam score = log-prob sum / length ** length_penalty")
     add("--early-stopping", type=early_stopping_type, nargs="?", const=True, metavar="{true,false,never}",
         help="beam search: stop once num_beams hypotheses are finished (alone: true)")
     add("--num-return-sequences", metavar="N", type=int, help="print this many sequences (beam search or sampling)")
-    add = parser.add_argument_group("layer selection (DoLa, entropy-based layer choice)").add_argument
-    add("--dola-layers", metavar="LAYERS", type=dola_layers_type, help="DoLa contrast with these premature layers: low, high, "
-        "bucket0..bucket2, or numbers like 2,4,6")
+
+
+def add_layer_arguments(group) -> None:
+    add = group.add_argument
+    add("--dola-layers", metavar="LAYERS", type=dola_layers_type, help="DoLa: contrast with these premature "
+        "layers: low, high, bucket0..bucket2, or numbers like 2,4,6")
     add("--dola-variant", choices=("paper", "transformers"), help="the paper's formulas (default) or "
         "transformers 4.55.2's implementation, exactly")
     add("--dola-alpha", metavar="A", type=float, help="DoLa's plausibility constraint alpha (default 0.1)")
     add("--entropy-decoding", choices=("trough", "random_after"), help="decode from the layer chosen by "
         "the entropy of its early-exit distribution")
     add("--entropy-normalize", action="store_true", help="entropy / log2(vocab_size)")
-    add("--entropy-consistency-alpha", metavar="A", type=float, help="rank layers by -entropy + alpha x cos(h_j, h_N)")
-    return parser
+    add("--entropy-consistency-alpha", metavar="A", type=float, help="rank layers by -entropy + A x cos(h_j, h_N)")
+    add("--plot", metavar="PNG", type=Path, help="draw the run's layer records (with --dola-layers or "
+        "--entropy-decoding) or the --profile to this file (prints the text at the end)")
 
 
-OPTION_NAMES = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
-                "no_repeat_ngram_size", "num_beams", "length_penalty", "early_stopping", "num_return_sequences",
-                "stop_strings", "dola_layers", "dola_variant", "dola_alpha", "entropy_decoding",
-                "entropy_normalize", "entropy_consistency_alpha")
+def add_two_model_arguments(group) -> None:
+    add = group.add_argument
+    add("--draft-model", metavar="PATH", type=Path, help="a small model with --model's tokenizer: it drafts "
+        "tokens (speculative) or writes until unsure (entropy, uncertainty); --model is the large one")
+    add("--self-speculative", metavar="K", type=int, help="speculative decoding drafted by --model's own first "
+        "K layers (no second model)")
+    add("--strategy", choices=("speculative", "entropy", "uncertainty"), help="speculative decoding (the "
+        "default with a draft), or routing each token to the large model when the small one's entropy "
+        "(bits) or aleatoric uncertainty exceeds --threshold")
+    add("--num-draft-tokens", metavar="N", type=int, help="speculative: tokens drafted per round (default 5)")
+    add("--num-draft-tokens-schedule", choices=("constant", "heuristic"), help="speculative: keep N, or "
+        "grow it after a fully accepted round and shrink it after a rejection")
+    add("--threshold", metavar="X", type=float, help="entropy/uncertainty routing: above it the large "
+        "model chooses the token")
+    add("--profile", metavar="JSON", type=Path, help="record every token's entropy and LogU uncertainties "
+        "(and which model chose it) and write them with their percentiles to this file")
 
+
+# ----------------------------------------------------------------------------------- checking the arguments
 
 def decoding_options(args: argparse.Namespace) -> dict:
     """generate()'s keyword arguments for the options given on the command line (left out: its defaults)."""
@@ -135,6 +170,36 @@ def decoding_options(args: argparse.Namespace) -> dict:
         raise UsageError(f"{flags} only {verb} the distribution tokens are sampled from: add --do-sample "
                          "(decoding is greedy by default)")
     return options
+
+
+def choose_mode(args: argparse.Namespace) -> str:
+    """stream, at_end (generate()), speculative, routing or profile; refuses options that do not fit the mode."""
+    drafting = args.draft_model is not None or args.self_speculative is not None
+    strategy = args.strategy or ("speculative" if drafting else None)
+    needs = {"--num-draft-tokens": (args.num_draft_tokens, "speculative"),
+             "--num-draft-tokens-schedule": (args.num_draft_tokens_schedule, "speculative"),
+             "--self-speculative": (args.self_speculative, "speculative"),
+             "--threshold": (args.threshold, "entropy or uncertainty")}
+    for flag, (value, wanted) in needs.items():
+        if value is not None and strategy not in wanted.split(" or "):
+            raise UsageError(f"{flag} belongs to --strategy {wanted}")
+    if strategy == "speculative":
+        if (args.draft_model is None) == (args.self_speculative is None):
+            raise UsageError("speculative decoding needs one draft: --draft-model PATH or --self-speculative K")
+        if args.profile is not None:
+            raise UsageError("--profile records a routing run or a single model; it cannot follow speculative decoding")
+        return "speculative"
+    if strategy is not None:
+        if args.draft_model is None or args.threshold is None:
+            raise UsageError(f"--strategy {strategy} needs --draft-model (the small model) and --threshold")
+        return "profile" if args.profile is not None else "routing"
+    layer_records = args.dola_layers is not None or args.entropy_decoding is not None
+    if args.plot is not None and not (layer_records or args.profile is not None):
+        raise UsageError("--plot draws layer records or a profile: add --dola-layers, --entropy-decoding or --profile")
+    if args.profile is not None:
+        return "profile"
+    beams = (args.num_beams or 1) > 1 or (args.num_return_sequences or 1) > 1
+    return "at_end" if beams or args.plot is not None else "stream"
 
 
 def as_flags(message: str) -> str:
@@ -157,6 +222,13 @@ def check_options(options: dict) -> None:
         GenerationOptions(**options)
     except ValueError as err:
         raise UsageError(as_flags(str(err))) from None
+
+
+def check_folder(flag: str, path: Path | None) -> None:
+    if path is not None and not path.is_dir():
+        raise UsageError(f"{flag} folder {path} does not exist: give a Hugging Face style folder (config.json, "
+                         "*.safetensors, tokenizer files)" + (" or leave out --model for the default model"
+                                                              if flag == "--model" else ""))
 
 
 def resolve_device(name: str):
@@ -196,6 +268,8 @@ def check_prompt_length(num_prompt: int, max_new_tokens: int, context: int) -> N
                          f"context window of {context} tokens: use --max-new-tokens {context - num_prompt} or less")
 
 
+# -------------------------------------------------------------------------------------------- the runs
+
 @dataclass
 class RunSummary:
     prompt_tokens: int
@@ -203,12 +277,13 @@ class RunSummary:
     seconds: float
     stop: str
     seed: int | None = None  # shown when the run drew random numbers, to repeat it with --seed
+    detail: str = ""  # e.g. ", accepted 40 of 52 drafts, wrote profile.json"
 
     def line(self) -> str:
         rate = self.new_tokens / self.seconds if self.seconds > 0 else 0.0
         seed = f", seed {self.seed}" if self.seed is not None else ""
         return (f"[prompt {self.prompt_tokens} tokens, {self.new_tokens} new tokens in {self.seconds:.2f} s "
-                f"({rate:.1f} tokens/s), stop: {self.stop}{seed}]")
+                f"({rate:.1f} tokens/s), stop: {self.stop}{seed}{self.detail}]")
 
 
 def write(text: str) -> None:
@@ -218,8 +293,7 @@ def write(text: str) -> None:
 
 def stream_to_stdout(model, tokenizer, input_ids, options: dict) -> RunSummary:
     """Print each piece of text as soon as its characters are complete; Ctrl-C stops with what was printed."""
-    from generation import StopConditions, stream
-    from generation.stopping import STOP_REASONS
+    from generation import stream
 
     start = time.perf_counter()
     try:
@@ -232,35 +306,45 @@ def stream_to_stdout(model, tokenizer, input_ids, options: dict) -> RunSummary:
             new_ids.append(int(token[0]))
             write(decoder.push(new_ids[-1]))
         write(decoder.flush())
-        # The stream ends when the stop rules say so; asking them again on the whole output names the reason.
-        stop_rules = StopConditions(input_ids.new_tensor(options["eos_token_id"]), 0, options["max_new_tokens"],
-                                    tuple(options.get("stop_strings") or ()), tokenizer)
-        stop = STOP_REASONS[int(stop_rules(input_ids.new_tensor([new_ids]))[0])]
+        stop = stop_reason(new_ids, options)
     except KeyboardInterrupt:
         pass  # keep what was printed; the summary says "interrupted"
     write("\n")
     return RunSummary(input_ids.shape[1], len(new_ids), time.perf_counter() - start, stop)
 
 
-def generate_to_stdout(model, tokenizer, input_ids, options: dict) -> RunSummary:
-    """Beam search or several sequences: they are known only at the end, so print them then."""
-    from generation import generate
+def stop_reason(new_ids: list[int], options: dict) -> str:
+    """Why generation ended: the stop rules, asked again on the whole output, name the reason."""
+    import torch
 
+    from generation import StopConditions
+    from generation.stopping import STOP_REASONS
+
+    rules = StopConditions(torch.tensor(options["eos_token_id"], dtype=torch.long), 0, options["max_new_tokens"],
+                           tuple(options.get("stop_strings") or ()), options["tokenizer"])
+    return STOP_REASONS[int(rules(torch.tensor([new_ids]))[0])]
+
+
+def run_to_the_end(call, tokenizer, input_ids, options: dict) -> tuple[RunSummary, object]:
+    """Run call() (generate, speculative, routing...), whose text is known only at the end, and print it."""
     start = time.perf_counter()
     try:
-        out = generate(model, input_ids, **options)
+        out = call()
     except ValueError as err:
         raise UsageError(as_flags(str(err))) from None
     except KeyboardInterrupt:
-        return RunSummary(input_ids.shape[1], 0, time.perf_counter() - start, "interrupted")
-    for i, row in enumerate(out.new_tokens.tolist()):
-        if len(out.new_tokens) > 1:
-            score = f", score {float(out.sequences_scores[i]):.3f}" if out.sequences_scores is not None else ""
-            write(f"{'' if i == 0 else chr(10)}--- sequence {i + 1} of {len(out.new_tokens)}{score} ---\n")
+        return RunSummary(input_ids.shape[1], 0, time.perf_counter() - start, "interrupted"), None
+    seconds = time.perf_counter() - start
+    sequences = out.sequences[:, input_ids.shape[1]:].tolist()  # (N, new)
+    scores = getattr(out, "sequences_scores", None)
+    for i, row in enumerate(sequences):
+        if len(sequences) > 1:
+            score = f", score {float(scores[i]):.3f}" if scores is not None else ""
+            write(("\n" if i else "") + f"--- sequence {i + 1} of {len(sequences)}{score} ---\n")
         write(tokenizer.decode(row, skip_special_tokens=True) + "\n")
-    num_new = sum(generated_length(row, options["eos_token_id"], options["pad_token_id"])
-                  for row in out.new_tokens.tolist())
-    return RunSummary(input_ids.shape[1], num_new, time.perf_counter() - start, ", ".join(out.stop_reasons))
+    num_new = sum(generated_length(row, options["eos_token_id"], options["pad_token_id"]) for row in sequences)
+    reasons = getattr(out, "stop_reasons", None) or [stop_reason(sequences[0], options)]  # a profile has none
+    return RunSummary(input_ids.shape[1], num_new, seconds, ", ".join(reasons)), out
 
 
 def generated_length(row: list[int], eos: list[int], pad: int | None) -> int:
@@ -273,15 +357,61 @@ def generated_length(row: list[int], eos: list[int], pad: int | None) -> int:
     return len(row)
 
 
-def run(args: argparse.Namespace) -> int:
-    """Check everything cheap first, then load the weights and generate."""
-    if not args.prompt.strip():
-        raise UsageError("the prompt is empty: give some text with --prompt")
-    options = decoding_options(args)
-    if args.model is not None and not args.model.is_dir():
-        raise UsageError(f"model folder {args.model} does not exist: give a Hugging Face style folder "
-                         "(config.json, *.safetensors, tokenizer files) or leave out --model for the default model")
-    check_options(options)
+def generate_in_mode(mode: str, args, model, draft, tokenizer, input_ids, options: dict) -> RunSummary:
+    """Call the generation function of `mode`; write the --plot / --profile files it asks for."""
+    if mode == "stream":
+        return stream_to_stdout(model, tokenizer, input_ids, options)
+    if mode == "at_end":
+        from generation import generate
+
+        if args.plot is not None and args.entropy_decoding is not None:
+            options["entropy_record_tokens"] = True  # the entropy heat map needs every layer's entropy
+        call = lambda: generate(model, input_ids, **options)  # noqa: E731
+    elif mode == "speculative":
+        from generation.speculative import speculative_generate
+
+        spec = {k: v for k, v in (("num_draft_tokens", args.num_draft_tokens),
+                                  ("num_draft_tokens_schedule", args.num_draft_tokens_schedule)) if v is not None}
+        drafter = draft if draft is not None else args.self_speculative
+        call = lambda: speculative_generate(model, drafter, input_ids, **spec, **options)  # noqa: E731
+    else:  # routing, profile: the small model writes, the large one (if any) takes the uncertain tokens
+        from generation.hybrid import hybrid_generate
+        from generation.profiling import generate_with_profile
+
+        metric = ROUTING_METRIC.get(args.strategy, "aleatoric")
+        small, large = (draft, model) if draft is not None else (model, None)
+        function = generate_with_profile if mode == "profile" else hybrid_generate
+        call = lambda: function(small, large, input_ids, routing_metric=metric,  # noqa: E731
+                                threshold=args.threshold, **options)
+    summary, out = run_to_the_end(call, tokenizer, input_ids, options)
+    if out is not None:
+        summary.detail += write_extras(mode, args, out, tokenizer)
+    return summary
+
+
+def write_extras(mode: str, args, out, tokenizer) -> str:
+    """Write --profile / --plot files; the summary's words on the two-model statistics."""
+    stats = getattr(out, "stats", None)
+    if mode == "speculative":
+        return f", accepted {stats.accepted} of {stats.drafted} drafts"
+    if mode == "profile":
+        out.save_to_file(args.profile)
+        if args.plot is not None:
+            out.plot_distributions(args.plot)
+    elif args.plot is not None:
+        from generation.analysis import plot_layer_analysis
+
+        plot_layer_analysis(out.records, tokenizer, args.plot)
+    written = ", ".join(str(p) for p in (args.profile, args.plot) if p is not None)
+    routed = f", large model chose {stats.large_tokens} of {stats.new_tokens} tokens" \
+        if stats is not None and mode in ("routing", "profile") and args.draft_model is not None else ""
+    return routed + (f", wrote {written}" if written else "")
+
+
+# ----------------------------------------------------------------------------------------------- main
+
+def load(args, options: dict):
+    """Tokenizer, prompt and length checks first (cheap); then the weights. -> (model, draft, tokenizer, ids)."""
     import torch
 
     from model import ModelConfig, load_pretrained
@@ -291,23 +421,45 @@ def run(args: argparse.Namespace) -> int:
     device = resolve_device(args.device)
     folder = args.model or ensure_default_model()  # the default model is built on first use, with progress
     config = ModelConfig.from_json(folder)
+    if args.self_speculative is not None and not 1 <= args.self_speculative < config.num_hidden_layers:
+        raise UsageError(f"--self-speculative {args.self_speculative}: K must be in 1..{config.num_hidden_layers - 1}"
+                         f" (the model has {config.num_hidden_layers} layers)")
     tokenizer = load_tokenizer(folder)
     ids = prompt_ids(tokenizer, args)
     check_prompt_length(len(ids), args.max_new_tokens, config.max_position_embeddings)
-
-    model = load_pretrained(folder, dtype=getattr(torch, args.dtype) if args.dtype else None, device=device)
-    generator = torch.Generator(device=device)
-    seed = generator.manual_seed(args.seed).initial_seed() if args.seed is not None else generator.seed()
+    dtype = getattr(torch, args.dtype) if args.dtype else None
+    model = load_pretrained(folder, dtype=dtype, device=device)
+    draft = load_pretrained(args.draft_model, dtype=dtype, device=device) if args.draft_model else None
     # The chat template ends a turn with the tokenizer's EOS, which a config may not list (Llama-3).
     eos = list(dict.fromkeys(config.eos_token_ids + [t for t in [tokenizer.eos_token_id] if t is not None]))
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else None)
-    options.update(max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad, tokenizer=tokenizer,
-                   generator=generator)
-    input_ids = torch.tensor([ids], device=device)  # (1, T)
-    if options.get("num_beams", 1) > 1 or options.get("num_return_sequences", 1) > 1:
-        summary = generate_to_stdout(model, tokenizer, input_ids, options)
-    else:
-        summary = stream_to_stdout(model, tokenizer, input_ids, options)
+    options.update(max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad, tokenizer=tokenizer)
+    return model, draft, tokenizer, torch.tensor([ids], device=device)  # (1, T)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Check everything cheap first, then load the weights and generate."""
+    if not args.prompt.strip():
+        raise UsageError("the prompt is empty: give some text with --prompt")
+    options = decoding_options(args)
+    mode = choose_mode(args)
+    check_folder("--model", args.model)
+    check_folder("--draft-model", args.draft_model)
+    if args.threads is not None and args.threads < 1:
+        raise UsageError(f"--threads must be >= 1, got {args.threads}")
+    for flag, path in (("--plot", args.plot), ("--profile", args.profile)):
+        if path is not None and not path.parent.is_dir():
+            raise UsageError(f"{flag} {path}: the folder {path.parent} does not exist")
+    check_options(options)
+    import torch
+
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
+    model, draft, tokenizer, input_ids = load(args, options)
+    generator = torch.Generator(device=model.device)
+    seed = generator.manual_seed(args.seed).initial_seed() if args.seed is not None else generator.seed()
+    options["generator"] = generator
+    summary = generate_in_mode(mode, args, model, draft, tokenizer, input_ids, options)
     if args.do_sample or args.entropy_decoding == "random_after":
         summary.seed = seed
     print(summary.line(), file=sys.stderr)
@@ -329,7 +481,7 @@ def main(argv: list[str] | None = None) -> int:
             return run(build_parser().parse_args(argv))
     except UsageError as err:
         return fail(str(err), 2)
-    except KeyboardInterrupt:  # before generation started (loading); during it, stream_to_stdout handles it
+    except KeyboardInterrupt:  # before generation started (loading); during it, the runs handle it
         print("\ninterrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (| head): stop quietly

@@ -33,7 +33,8 @@ SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "generate.py"
 EOS = 2  # <|im_end|> in the SmolLM2 tokenizer, and the tiny model's eos_token_id
 CONTEXT = 1024  # the tiny model's max_position_embeddings
 SUMMARY = re.compile(r"^\[prompt \d+ tokens, (\d+) new tokens in [\d.]+ s \([\d.]+ tokens/s\), "
-                     r"stop: ([a-z_, ]+?)(, seed \d+)?\]$")
+                     r"stop: ((?:eos|stop_string|max_new_tokens|interrupted)(?:, (?:eos|stop_string|max_new_tokens))*)"
+                     r"(, seed \d+)?(.*)\]$")  # (new, stop, seed, the rest)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
@@ -53,6 +54,19 @@ def tiny(tmp_path_factory):
     for name in TOKENIZER_FILES:
         shutil.copy(source / name, folder)
     return folder, hf, transformers.AutoTokenizer.from_pretrained(folder)
+
+
+@pytest.fixture(scope="module")
+def tiny_draft(tiny, tmp_path_factory):
+    """(folder, hf model): another random model with the same vocabulary, as the small model."""
+    folder = tmp_path_factory.mktemp("tiny_draft")
+    hf = save_tiny_llama(folder, seed=1, vocab_size=49152, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=CONTEXT,
+                         initializer_range=0.2, bos_token_id=1, eos_token_id=EOS, pad_token_id=EOS)
+    with torch.no_grad():
+        hf.lm_head.weight[EOS] = 0.0
+    hf.save_pretrained(folder)
+    return folder, hf
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +92,10 @@ def run_process(*args: str, timeout: float = 300) -> subprocess.CompletedProcess
 # ------------------------------------------------------------------------------ against transformers
 
 def hf_generate(tiny, prompt: str, chat: bool = True, system: str | None = None, seed: int | None = None,
-                **options) -> tuple[list[str], torch.Tensor]:
+                model=None, **options) -> tuple[list[str], torch.Tensor]:
     """transformers' output texts for the prompt, formatted by its own tokenizer and template."""
     _, hf, hf_tok = tiny
+    hf = model or hf
     if chat:
         messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
         ids = hf_tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
@@ -124,6 +139,52 @@ def test_output_equals_transformers(tiny, cli, capsys, case):
     match = SUMMARY.match(err.strip().splitlines()[-1])
     assert match and match.group(1) == "8" and match.group(2) == "max_new_tokens", err
     assert (match.group(3) is not None) == options.get("do_sample", False)  # the seed is shown when sampling
+
+
+# ------------------------------------------------------------------- two models, profiles and plots
+
+def test_speculative_decoding_prints_the_targets_greedy_text(tiny, tiny_draft, cli, capsys):
+    pytest.importorskip("generation.speculative")
+    expected, _ = hf_generate(tiny, "Tell me a story.", max_new_tokens=8)
+    for flags in (["--draft-model", str(tiny_draft[0]), "--num-draft-tokens", "3"], ["--self-speculative", "1"]):
+        code, out, err = run_main(cli, capsys, "--model", str(tiny[0]), "--device", "cpu", "--prompt",
+                                  "Tell me a story.", "--max-new-tokens", "8", *flags)
+        assert code == 0, err
+        assert out == expected[0] + "\n"
+        match = SUMMARY.match(err.strip())
+        assert match.group(1, 2) == ("8", "max_new_tokens") and re.fullmatch(r", accepted \d+ of \d+ drafts",
+                                                                             match.group(4)), err
+
+
+@pytest.mark.parametrize("threshold, writer", [("1e9", "small"), ("-1e9", "large")])
+def test_routing_threshold_decides_which_model_writes(tiny, tiny_draft, cli, capsys, tmp_path, threshold, writer):
+    """Entropy routing: above any threshold nothing is routed (the small model writes everything), below any
+    threshold everything is; the text is then that model's greedy text by transformers."""
+    pytest.importorskip("generation.profiling")
+    expected, ids = hf_generate(tiny, "Tell me a story.", max_new_tokens=8,
+                                model=tiny_draft[1] if writer == "small" else None)
+    profile = tmp_path / "profile.json"
+    code, out, err = run_main(cli, capsys, "--model", str(tiny[0]), "--draft-model", str(tiny_draft[0]),
+                              "--device", "cpu", "--prompt", "Tell me a story.", "--max-new-tokens", "8",
+                              "--strategy", "entropy", f"--threshold={threshold}", "--profile", str(profile))
+    assert code == 0, err
+    assert out == expected[0] + "\n"
+    large = 0 if writer == "small" else 8
+    assert SUMMARY.match(err.strip()).group(4) == f", large model chose {large} of 8 tokens, wrote {profile}"
+    tokens = json.loads(profile.read_text())["tokens"]
+    assert [t["token_id"] for t in tokens] == ids[0].tolist()
+    assert [t["model_used"] for t in tokens] == ["slm" if writer == "small" else "llm"] * 8
+
+
+@pytest.mark.parametrize("flags", [["--entropy-decoding", "trough"], ["--profile", "p.json"]])
+def test_plot_writes_a_png(tiny, cli, capsys, tmp_path, flags):
+    pytest.importorskip("generation.analysis" if "--profile" not in flags else "generation.profiling")
+    flags = [str(tmp_path / f) if f.endswith(".json") else f for f in flags]
+    code, out, err = run_main(cli, capsys, "--model", str(tiny[0]), "--device", "cpu", "--prompt", "Hi",
+                              "--max-new-tokens", "5", *flags, "--plot", str(tmp_path / "figure.png"))
+    assert code == 0, err
+    assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert SUMMARY.match(err.strip()).group(4).endswith(f"{tmp_path / 'figure.png'}")
 
 
 def test_several_beam_sequences_are_printed_in_order(tiny, cli, capsys):
@@ -202,6 +263,15 @@ BAD_INPUT = [  # (arguments, exit code, a piece of the message)
     (["--prompt", "hi", "--dola-alpha", "2", "--dola-layers", "high"], 2, "alpha must lie in [0, 1]"),
     (["--prompt", "hi", "--entropy-decoding", "trough", "--entropy-consistency-alpha", "-1"], 2,
      "--entropy-consistency-alpha must be a finite number >= 0"),
+    (["--prompt", "hi", "--threshold", "2"], 2, "--threshold belongs to --strategy entropy or uncertainty"),
+    (["--prompt", "hi", "--strategy", "entropy"], 2, "--strategy entropy needs --draft-model"),
+    (["--prompt", "hi", "--strategy", "speculative"], 2, "needs one draft: --draft-model PATH or --self-speculative K"),
+    (["--prompt", "hi", "--self-speculative", "2"], 2, "K must be in 1..1 (the model has 2 layers)"),
+    (["--prompt", "hi", "--draft-model", "/no/draft"], 2, "--draft-model folder /no/draft does not exist"),
+    (["--prompt", "hi", "--self-speculative", "1", "--num-beams", "2"], 2, "produce one sequence"),
+    (["--prompt", "hi", "--plot", "x.png"], 2, "--plot draws layer records or a profile"),
+    (["--prompt", "hi", "--profile", "/no/dir/p.json"], 2, "the folder /no/dir does not exist"),
+    (["--prompt", "hi", "--threads", "0"], 2, "--threads must be >= 1"),
     (["--prompt", "hi", "--model", broken_checkpoint], 1, "not a readable safetensors file"),
     (["--prompt", "hi", "--model", bad_config], 1, "must be divisible by num_key_value_heads"),
     (["--prompt", "hi", "--model", no_tokenizer], 1, "tokenizer"),
@@ -223,7 +293,7 @@ def test_bad_input_is_one_line_on_stderr(tiny, cli, capsys, tmp_path, args, code
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
 
 
-@pytest.mark.parametrize("index", [1, 13, 22])  # a missing folder, a bad value, a broken checkpoint
+@pytest.mark.parametrize("index", [1, 13, -3])  # a missing folder, a bad value, a broken checkpoint
 def test_bad_input_in_a_real_process_has_no_traceback(tiny, tmp_path, index):
     args, code, message = BAD_INPUT[index]
     result = run_process(*arguments(args, tiny, tmp_path))
@@ -239,7 +309,9 @@ def test_help_lists_every_option_with_examples():
                  "--do-sample", "--temperature", "--top-k", "--top-p", "--min-p", "--repetition-penalty",
                  "--no-repeat-ngram-size", "--num-beams", "--length-penalty", "--early-stopping",
                  "--num-return-sequences", "--stop", "--dola-layers", "--dola-variant", "--dola-alpha",
-                 "--entropy-decoding", "--entropy-normalize", "--entropy-consistency-alpha"]:
+                 "--entropy-decoding", "--entropy-normalize", "--entropy-consistency-alpha", "--plot",
+                 "--draft-model", "--self-speculative", "--strategy", "--num-draft-tokens", "--threshold",
+                 "--profile", "--threads"]:
         assert re.search(rf"^\s+{flag}\b", result.stdout, flags=re.M), f"{flag} is not listed"
     examples = result.stdout.split("examples:")[1]
     assert examples.count("scripts/generate.py --prompt") >= 5

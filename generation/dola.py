@@ -116,15 +116,19 @@ def check_dola_arguments(dola_variant: str, alpha: float) -> None:
 
 # ----------------------------------------------------------------------------------- the formulas
 
-def _kl_terms(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """p * (log p - log q) elementwise, with 0 where p = 0 (0 log 0 = 0)."""
-    return torch.where(log_p > -math.inf, log_p.exp() * (log_p - log_q), torch.zeros_like(log_p))
+def _sum_p_log_p(probs: torch.Tensor) -> torch.Tensor:
+    """sum_x p(x) log p(x) = -H(p) over the last dim, with 0 log 0 = 0. (..., V) -> (...)."""
+    return torch.special.xlogy(probs, probs).sum(-1)
 
 
 def jensen_shannon_divergence(log_p: torch.Tensor, log_q: torch.Tensor) -> torch.Tensor:
-    """JSD(P || Q) = 1/2 KL(P || A) + 1/2 KL(Q || A), A = (P + Q) / 2, in nats. (..., V) log-probs -> (...)."""
-    log_a = torch.logaddexp(log_p, log_q) - math.log(2.0)  # log of the average, stable in log space
-    return 0.5 * (_kl_terms(log_p, log_a).sum(-1) + _kl_terms(log_q, log_a).sum(-1))
+    """JSD(P || Q) = 1/2 KL(P || A) + 1/2 KL(Q || A), A = (P + Q) / 2, in nats. (..., V) log-probs -> (...).
+
+    Computed as H(A) - (H(P) + H(Q)) / 2, the same sum regrouped: four passes over the vocabulary, not ten.
+    """
+    p, q = log_p.exp(), log_q.exp()
+    jsd = 0.5 * (_sum_p_log_p(p) + _sum_p_log_p(q)) - _sum_p_log_p(0.5 * (p + q))
+    return jsd.clamp(min=0.0)  # >= 0 in exact arithmetic; float rounding can leave -1e-8
 
 
 def select_premature_layer(final_log_probs: torch.Tensor,

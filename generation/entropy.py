@@ -13,8 +13,9 @@ of each layer's processed distribution decides which layer's scores the sampler 
   down while S keeps rising (equivalently, while the cost H_j - alpha * cos(h_j, h_N) keeps falling).
 
 The walk needs only the layers from N down to one below the trough, so the step computes early-exit
-logits lazily, a few layers at a time (`walk_to_trough`): on a 30-layer model most steps touch two or
-three layers instead of thirty. Recording every layer's top token needs them all and computes them all.
+logits lazily (`walk_to_trough`): layer N-1 first, then 8 layers at a time, only as far down as some row's
+walk still goes. The choice is the same as from the full table of 30 layers (a property test checks it),
+at a fraction of the cost. Recording every layer's top token needs them all and computes them all.
 
 Layers are numbered like `hidden_states`: j = output of block j, 1..N, with N the normal last layer.
 """
@@ -45,13 +46,15 @@ def check_entropy_arguments(entropy_decoding: str, consistency_alpha: float | No
 def entropy_bits(scores: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     """Shannon entropy in bits of softmax(scores) over the last dim; -inf scores count as p = 0. (..., V) -> (...).
 
-    Uses H = logsumexp(z) - sum_x p(x) z(x) (nats), one pass fewer than -sum p log p.
+    With z' = z - max z and S = sum exp(z'): H = log S - sum_x p(x) z'(x) (nats), one exp pass over the vocabulary.
     """
     scores = scores.float()
-    log_norm = torch.logsumexp(scores, dim=-1)  # (...)
-    probs = torch.softmax(scores, dim=-1)
-    mean_score = torch.where(probs > 0, probs * scores, torch.zeros_like(scores)).sum(-1)  # 0 * -inf -> 0
-    entropy = (log_norm - mean_score) / math.log(2.0)
+    shifted = scores - scores.amax(-1, keepdim=True)  # (..., V) <= 0; -inf stays -inf
+    weights = shifted.exp()  # unnormalised probabilities; exp(-inf) = 0
+    total = weights.sum(-1)  # S
+    shifted.clamp_(min=torch.finfo(torch.float32).min)  # so that 0 * (-inf) becomes 0 * (finite) = 0
+    weighted = torch.einsum("...v,...v->...", weights, shifted)  # sum_x e^z'(x) z'(x), without a (..., V) temporary
+    entropy = (total.log() - weighted / total) / math.log(2.0)
     if normalize:
         entropy = entropy / math.log2(scores.shape[-1])
     return entropy
@@ -87,8 +90,11 @@ def walk_to_trough(layer_costs: Callable[[list[int]], torch.Tensor], last_cost: 
     """Find the trough computing as few layers as possible, from the top down.
 
     layers: candidate layer numbers, ascending, the last one being N (whose cost `last_cost` (B,) is known);
-    layer_costs(chunk) -> (B, len(chunk)) costs of more layers. Chunks grow 1, 2, 4, ... until every row's
-    walk has stopped above the lowest layer computed (or reached the first candidate).
+    layer_costs(chunk) -> (B, len(chunk)) costs of more layers, asked for in chunks of 1, 8, 16, 32, ... layers
+    until every row's walk has stopped above the lowest layer computed (or reached the first candidate).
+    Why 1 then 8: one row through the head is a cheap matrix-vector product, and often the walk stops at
+    once; from two rows on the head is a matrix-matrix product whose cost barely grows up to about 8 rows
+    (measured on the default model: 1 row 23 ms, 4 rows 37-62 ms, 8 rows 60-70 ms, 29 rows 140 ms).
     Returns (trough position in `layers` per row (B,), the layers computed (ascending), their costs (B, L_c)).
     """
     computed, costs = [layers[-1]], last_cost[:, None]  # (B, 1)
@@ -96,7 +102,7 @@ def walk_to_trough(layer_costs: Callable[[list[int]], torch.Tensor], last_cost: 
     while below > 0:
         new = list(layers[max(0, below - chunk):below])
         computed, costs = new + computed, torch.cat([layer_costs(new), costs], dim=1)
-        below, chunk = below - len(new), 2 * chunk
+        below, chunk = below - len(new), max(8, 2 * chunk)
         if bool((trough_index(costs) > 0).all()):  # every walk stopped above the lowest computed layer
             break
     return trough_index(costs) + below, computed, costs
@@ -132,28 +138,36 @@ class EntropyLayerChoice:
     def __call__(self, scores: torch.Tensor, ctx) -> torch.Tensor:
         N = ctx.model.config.num_hidden_layers
         layers = list(range(1, N + 1))
-        processed = {N: apply_logits_steps(self.processors, scores, ctx)}  # layer -> (B, V) processed scores
-        entropies: dict[int, torch.Tensor] = {}  # layer -> (B,)
+        final = apply_logits_steps(self.processors, scores, ctx)  # (B, V) processed scores of layer N
+        blocks: dict[int, torch.Tensor] = {}  # first layer of a block -> (L_b, B, V) processed scores
+        entropies: dict[int, torch.Tensor] = {}  # first layer of a block -> (B, L_b)
 
-        def layer_costs(chunk: list[int]) -> torch.Tensor:
-            if chunk != [N]:
-                processed.update(zip(chunk, self._process(chunk, ctx)))
-            return self._costs(chunk, processed, entropies, ctx)  # (B, len(chunk))
+        def layer_costs(chunk: list[int]) -> torch.Tensor:  # chunk: consecutive layers, ascending
+            blocks[chunk[0]] = final[None] if chunk == [N] else self._process(chunk, ctx)
+            entropies[chunk[0]], costs = self._costs(chunk, blocks[chunk[0]], ctx)
+            return costs  # (B, len(chunk))
 
         last_cost = layer_costs([N])[:, 0]  # (B,)
         if self.record_tokens:  # every layer is needed for the records: one batched matmul, no walk
-            costs = torch.cat([layer_costs(layers[:-1]), last_cost[:, None]], dim=1)  # (B, N)
-            trough, computed = trough_index(costs), layers
+            trough = trough_index(torch.cat([layer_costs(layers[:-1]), last_cost[:, None]], dim=1))
         else:
-            trough, computed, costs = walk_to_trough(layer_costs, last_cost, layers)
+            trough = walk_to_trough(layer_costs, last_cost, layers)[0]
         chosen = trough if self.strategy == "trough" else random_after_index(trough, N - 1, ctx.generator)
-        stacked = torch.stack([processed[j] for j in computed])  # (L_c, B, V)
-        rows = torch.arange(scores.shape[0], device=scores.device)
-        new_scores = stacked[chosen - (N - len(computed)), rows]  # (B, V)
-        ctx.record("entropy_selected_layer_indices", chosen + 1)  # (B,) layer numbers
+        chosen = chosen + 1  # positions in `layers` -> layer numbers 1..N
+        ctx.record("entropy_selected_layer_indices", chosen)  # (B,)
         if self.record_tokens:
-            ctx.record("entropy_per_layer_token_ids", stacked.argmax(-1).T)  # (B, N)
-            ctx.record("entropy_per_layer", torch.stack([entropies[j] for j in layers], dim=1))  # (B, N)
+            ctx.record("entropy_per_layer_token_ids", torch.cat([blocks[1].argmax(-1).T, final.argmax(-1)[:, None]], 1))
+            ctx.record("entropy_per_layer", torch.cat([entropies[1], entropies[N]], dim=1))  # (B, N)
+        return self._rows_of_chosen_layers(blocks, chosen)
+
+    @staticmethod
+    def _rows_of_chosen_layers(blocks: dict[int, torch.Tensor], chosen: torch.Tensor) -> torch.Tensor:
+        """Row b of the scores of layer chosen[b], gathered from the blocks computed: (B, V)."""
+        rows = torch.arange(chosen.shape[0], device=chosen.device)
+        new_scores = torch.empty_like(next(iter(blocks.values()))[0])
+        for first, block in blocks.items():
+            inside = (chosen >= first) & (chosen < first + block.shape[0])  # (B,)
+            new_scores[inside] = block[chosen[inside] - first, rows[inside]]
         return new_scores
 
     def _process(self, chunk: list[int], ctx) -> torch.Tensor:
@@ -161,16 +175,18 @@ class EntropyLayerChoice:
         logits = ctx.model.early_exit_logits(ctx.hidden_states, chunk).float()  # (L_c, B, V)
         if self.log_prob_inputs:
             logits = logits.log_softmax(-1)
+        if not self.processors:
+            return logits
         L, B, V = logits.shape
         # The processors see L_c * B rows; row l * B + b continues sequence b, so repeat the history L_c times.
         layer_ctx = replace(ctx, input_ids=ctx.input_ids.repeat(L, 1), logits=logits.reshape(L * B, V))
         return apply_logits_steps(self.processors, logits.reshape(L * B, V), layer_ctx).view(L, B, V)
 
-    def _costs(self, chunk: list[int], processed: dict, entropies: dict, ctx) -> torch.Tensor:
-        """Entropy (or the consistency cost) of the processed scores of `chunk`: (B, L_c)."""
-        entropy = entropy_bits(torch.stack([processed[j] for j in chunk]), self.normalize)  # (L_c, B)
-        entropies.update(zip(chunk, entropy))
+    def _costs(self, chunk: list[int], block: torch.Tensor, ctx) -> tuple[torch.Tensor, torch.Tensor]:
+        """(entropy, cost), each (B, L_c), of the processed scores `block` (L_c, B, V) of the layers `chunk`."""
+        entropy = entropy_bits(block, self.normalize)  # (L_c, B)
+        cost = entropy
         if self.consistency_alpha is not None:
             hidden = torch.stack([ctx.hidden_states[j][:, -1] for j in chunk])  # (L_c, B, H)
-            entropy = consistency_cost(entropy, hidden, ctx.hidden_states[-1][:, -1], self.consistency_alpha)
-        return entropy.T
+            cost = consistency_cost(entropy, hidden, ctx.hidden_states[-1][:, -1], self.consistency_alpha)
+        return entropy.T, cost.T

@@ -149,13 +149,13 @@ def table_model(widths: list[int], vocab: int = 8):
     return model, table
 
 
-def run_entropy_step(widths, strategy, generator=None, record_tokens=True):
+def run_entropy_step(widths, strategy, generator=None, record_tokens=True, hidden=None, consistency_alpha=None):
     model, table = table_model(widths)
     records = {}
-    ctx = StepContext(torch.zeros(1, 3, dtype=torch.long), 3, table[-1], (None,) * (len(widths) + 1), model,
-                      generator, 0, records)
-    scores = EntropyLayerChoice((), strategy, record_tokens=record_tokens)(table[-1], ctx)
-    return scores, records
+    hidden_states = hidden if hidden is not None else (None,) * (len(widths) + 1)
+    ctx = StepContext(torch.zeros(1, 3, dtype=torch.long), 3, table[-1], hidden_states, model, generator, 0, records)
+    step = EntropyLayerChoice((), strategy, consistency_alpha=consistency_alpha, record_tokens=record_tokens)
+    return step(table[-1], ctx), records
 
 
 def test_entropy_trough_hand_computed():
@@ -169,6 +169,17 @@ def test_entropy_trough_hand_computed():
     _, records = run_entropy_step([4, 1, 2, 8], "trough")
     assert records["entropy_per_layer"][0].tolist() == [[2.0, 0.0, 1.0, 3.0]]
     assert records["entropy_per_layer_token_ids"][0].shape == (1, 4)
+
+
+def test_consistency_score_moves_the_trough_hand_computed():
+    # Entropies 2, 0, 1, 3 (layers 1..4); cos(h_j, h_4) = 1, 0, 1, 1. With alpha = 1.5 the cost H - 1.5 cos is
+    # 0.5, 0, -0.5, 1.5: from layer 4 it falls to layer 3, then rises at layer 2: the trough is layer 3.
+    along, across = torch.tensor([[[1.0, 0.0]]]), torch.tensor([[[0.0, 2.0]]])
+    hidden = (None, along, across, along, along)  # (B=1, 1, H=2) per layer; index 0 (embeddings) unused
+    for record_tokens in (True, False):
+        _, records = run_entropy_step([4, 1, 2, 8], "trough", hidden=hidden, consistency_alpha=1.5,
+                                      record_tokens=record_tokens)
+        assert records["entropy_selected_layer_indices"][0].tolist() == [3]
 
 
 def test_entropy_random_after_draws_between_trough_and_last_layer():

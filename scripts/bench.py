@@ -1,0 +1,200 @@
+"""Benchmark: scratch-lm against transformers 4.55.2 on the default model, in one run, same settings.
+
+    .venv/bin/python scripts/bench.py                      # everything (about 20-30 minutes on 2 cores)
+    .venv/bin/python scripts/bench.py --dtypes float32 --cases greedy beam4 --repeats 3
+
+Each case alternates ours and transformers' run on the same chat prompt and prints the median tokens/s of
+`--repeats` runs, the ratio ours / transformers, and the peak resident memory of the process during the case.
+"floor" is the time to stream every weight once through a matrix-vector product on this machine, as
+tokens/s: no decoder that reads all its weights per token can beat it. When `llama-cpp-python` is installed,
+llama.cpp is timed on the GGUF files given with --gguf (the package's Q4_1 file by default).
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from generation import generate  # noqa: E402
+from model import load_pretrained  # noqa: E402
+from model.zoo import default_model_path  # noqa: E402
+
+PROMPT = "Write a long story about a robot who learns to paint, with many details."
+BATCH_PROMPTS = ["Hi", "What is the capital of France?", "Tell me about the moon and the sun and the stars.",
+                 "List three fruits.", "Explain gravity to a child in simple words, please.", "Why is the sky blue?",
+                 "Write a haiku about autumn leaves falling gently.", "2+2="]
+
+# name -> (our generate() options, transformers' generate() options or None when it has no equivalent)
+CASES = {
+    "greedy": ({}, {}),
+    "sampling": ({"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9},
+                 {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9}),
+    "repetition_penalty": ({"repetition_penalty": 1.2}, {"repetition_penalty": 1.2}),
+    "beam4": ({"num_beams": 4}, {"num_beams": 4}),
+    # Same algorithm on both sides: our "transformers" variant reproduces transformers' DoLa token for token.
+    "dola_high": ({"dola_layers": "high", "dola_variant": "transformers"}, {"dola_layers": "high"}),
+    "dola_high_paper": ({"dola_layers": "high"}, None),
+    "entropy_trough": ({"entropy_decoding": "trough"}, None),
+    "batch8": ({}, {}),
+    "prefill512": (None, None),
+}
+
+
+def peak_rss_reset() -> None:
+    """Reset the kernel's high-water mark of this process's resident memory (Linux: clear_refs 5)."""
+    try:
+        Path("/proc/self/clear_refs").write_text("5")
+    except OSError:
+        pass
+
+
+def peak_rss_mib() -> float:
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def weight_floor_tokens_per_s(model: torch.nn.Module, repeats: int = 3) -> float:
+    """1 / (time to multiply one vector by every weight matrix once)."""
+    mats = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for w in mats:
+            torch.nn.functional.linear(torch.ones(1, w.shape[1], dtype=w.dtype), w)
+        times.append(time.perf_counter() - start)
+    return 1.0 / min(times)
+
+
+def inputs(tokenizer, case: str, dtype_device: str = "cpu"):
+    texts = BATCH_PROMPTS if case == "batch8" else [PROMPT]
+    chats = [tokenizer.apply_chat_template([{"role": "user", "content": t}], add_generation_prompt=True)
+             for t in texts]
+    return tokenizer.batch_encode(chats)  # left padded: (input_ids, attention_mask)
+
+
+def time_ours(model, ids, mask, options, new_tokens) -> tuple[float, torch.Tensor]:
+    start = time.perf_counter()
+    out = generate(model, ids, mask, max_new_tokens=new_tokens, eos_token_id=[],
+                   generator=torch.Generator().manual_seed(0), **options)
+    elapsed = time.perf_counter() - start
+    return elapsed, out.sequences
+
+
+def time_hf(hf, ids, mask, options, new_tokens) -> tuple[float, torch.Tensor]:
+    torch.manual_seed(0)
+    start = time.perf_counter()
+    seq = hf.generate(ids, attention_mask=mask, max_new_tokens=new_tokens, min_new_tokens=new_tokens,
+                      do_sample=options.get("do_sample", False), top_k=options.get("top_k", None),
+                      **{k: v for k, v in options.items() if k not in ("do_sample", "top_k")})
+    return time.perf_counter() - start, seq
+
+
+def time_prefill(forward, ids) -> float:
+    start = time.perf_counter()
+    with torch.no_grad():
+        forward(ids)
+    return time.perf_counter() - start
+
+
+def run_case(case, model, hf, tokenizer, args):
+    ours_opts, hf_opts = CASES[case]
+    if case == "prefill512":
+        ids = torch.randint(100, 40000, (1, 512), generator=torch.Generator().manual_seed(0))
+        ours = [time_prefill(lambda x: model(x, logits_to_keep=1), ids) for _ in range(args.repeats)]
+        theirs = [time_prefill(lambda x: hf(x, logits_to_keep=1), ids) for _ in range(args.repeats)] if hf else []
+        tps = lambda ts: 512 / statistics.median(ts) if ts else float("nan")
+        return tps(ours), tps(theirs), None
+    ids, mask = inputs(tokenizer, case)
+    new = args.new_tokens * ids.shape[0]
+    ours, theirs, same = [], [], None
+    for _ in range(args.repeats):
+        t, seq_ours = time_ours(model, ids, mask, ours_opts, args.new_tokens)
+        ours.append(t)
+        if hf is not None and hf_opts is not None:
+            t, seq_hf = time_hf(hf, ids, mask, hf_opts, args.new_tokens)
+            theirs.append(t)
+            if not ours_opts.get("do_sample"):
+                same = torch.equal(seq_ours[: seq_hf.shape[0]], seq_hf)
+    tps = lambda ts: new / statistics.median(ts) if ts else float("nan")
+    return tps(ours), tps(theirs), same
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", type=Path, default=None, help="model folder (default: SmolLM2-135M-Instruct)")
+    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "float16"])
+    parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
+    parser.add_argument("--new-tokens", type=int, default=128)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    parser.add_argument("--no-transformers", action="store_true", help="time only scratch-lm")
+    parser.add_argument("--gguf", nargs="*", type=Path, default=None, help="GGUF files for llama.cpp")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from tokenizer import load_tokenizer
+
+    path = args.model or default_model_path()
+    tokenizer = load_tokenizer(path)
+    print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
+          f"{torch.__version__}, {args.new_tokens} new tokens, median of {args.repeats}\n")
+    print("| dtype | case | scratch-lm tok/s | transformers tok/s | ratio | same tokens | peak RSS MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- |")
+    for dtype_name in args.dtypes:
+        dtype = getattr(torch, dtype_name)
+        model = load_pretrained(path, dtype=dtype)
+        hf = None
+        if not args.no_transformers:
+            from transformers import LlamaForCausalLM
+
+            hf = LlamaForCausalLM.from_pretrained(path, torch_dtype=dtype).eval()
+            hf.generation_config.eos_token_id = None  # every run makes exactly --new-tokens tokens
+        print(f"| {dtype_name} | floor (weights once) | {weight_floor_tokens_per_s(model):.1f} | | | | |")
+        for case in args.cases:
+            peak_rss_reset()
+            ours, theirs, same = run_case(case, model, hf, tokenizer, args)
+            ratio = ours / theirs if theirs == theirs else float("nan")
+            print(f"| {dtype_name} | {case} | {ours:.1f} | {theirs:.1f} | {ratio:.2f} | "
+                  f"{'' if same is None else same} | {peak_rss_mib():.0f} |", flush=True)
+        del model, hf
+    if args.gguf is not None or _has_llama_cpp():
+        bench_llama_cpp(args)
+
+
+def _has_llama_cpp() -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec("llama_cpp") is not None
+
+
+def bench_llama_cpp(args) -> None:
+    """llama.cpp on GGUF files of the same weights (optional: pip install llama-cpp-python)."""
+    if not _has_llama_cpp():
+        print("\nllama.cpp: not installed (pip install llama-cpp-python, ~12 minutes to compile)")
+        return
+    from llama_cpp import Llama
+
+    from model.zoo import DEFAULT_MODEL, get_model, locate_gguf
+
+    files = args.gguf or [locate_gguf(get_model(DEFAULT_MODEL))]
+    for gguf in files:
+        llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
+        times = []
+        for _ in range(args.repeats):
+            start = time.perf_counter()
+            out = llm.create_completion(PROMPT, max_tokens=args.new_tokens, temperature=0.0)
+            times.append(out["usage"]["completion_tokens"] / (time.perf_counter() - start))
+        print(f"| llama.cpp | {Path(gguf).name} greedy | {statistics.median(times):.1f} | | | | |")
+
+
+if __name__ == "__main__":
+    main()

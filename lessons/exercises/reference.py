@@ -39,6 +39,10 @@ REFERENCES: dict[int, dict[str, str]] = {
         "top_p_filter": "generation.steps:top_p_filter",
         "repetition_penalty": "generation.steps:repetition_penalty",
     },
+    6: {
+        "gather_beams": "generation.beam:gather_beams",
+        "top_candidates": "generation.beam:top_candidates",
+    },
     7: {
         "jensen_shannon_divergence": "generation.dola:jensen_shannon_divergence",
         "plausibility_mask": "generation.dola:plausibility_mask",

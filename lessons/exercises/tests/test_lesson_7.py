@@ -1,0 +1,136 @@
+"""Lesson 7 (entropy, trough, JSD, DoLa) against formulas evaluated in plain Python, transformers' DoLa
+functions and hand-computed cases."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from transformers.generation.utils import _dola_select_contrast, _relative_top_filter
+
+from .helpers import check_close
+
+LESSON = 7
+NEG_INF = float("-inf")
+
+
+def _python_entropy_bits(logits: list[float]) -> float:
+    top = max(logits)
+    weights = [math.exp(z - top) if z != NEG_INF else 0.0 for z in logits]
+    total = sum(weights)
+    return -sum(w / total * math.log2(w / total) for w in weights if w > 0)
+
+
+def _python_jsd(p: list[float], q: list[float]) -> float:
+    def kl(a: list[float], b: list[float]) -> float:
+        return sum(x * math.log(x / y) for x, y in zip(a, b) if x > 0)
+    m = [(x + y) / 2 for x, y in zip(p, q)]
+    return 0.5 * kl(p, m) + 0.5 * kl(q, m)
+
+
+# ----------------------------------------------------------------------------------- 7.1 entropy
+def test_entropy_bits_hand_computed(impl):
+    """Uniform over 4 tokens: 2 bits; a certain token: 0 bits"""
+    got = impl.entropy_bits(torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, -1e4, -1e4, -1e4]]))
+    check_close(got, torch.tensor([2.0, 0.0]), "H = -Σ p log2 p，p = softmax(scores)；单位是 bit（以 2 为底）", atol=1e-4)
+
+
+def test_entropy_bits_matches_python(impl, gen):
+    """Random logits with some -inf: the formula evaluated in plain Python, no NaN"""
+    scores = torch.randn(3, 10, generator=gen) * 2
+    scores[0, :4] = NEG_INF
+    expected = torch.tensor([_python_entropy_bits(row) for row in scores.tolist()])
+    check_close(impl.entropy_bits(scores), expected, "-inf 表示概率 0：0 · log 0 记为 0，不能出现 NaN", atol=1e-4)
+
+
+def test_entropy_bits_normalized(impl, gen):
+    """normalize=True divides by log2(V): uniform is 1"""
+    scores = torch.randn(2, 16, generator=gen)
+    got = impl.entropy_bits(torch.cat([torch.zeros(1, 16), scores]), normalize=True)
+    expected = torch.tensor([1.0] + [_python_entropy_bits(r) / 4.0 for r in scores.tolist()])
+    check_close(got, expected, "归一化：除以 log2(V)（V = 16 时是 4）", atol=1e-4)
+
+
+# ----------------------------------------------------------------------------------- 7.2 trough
+@pytest.mark.parametrize("costs, expected", [
+    ([3.0, 1.0, 2.0, 4.0], 1),      # the docstring's example
+    ([1.0, 2.0, 3.0, 4.0], 0),      # falls all the way down
+    ([4.0, 3.0, 2.0, 1.0], 3),      # the last layer is already the lowest
+    ([2.0, 2.0, 2.0, 2.0], 3),      # equal is not a fall: stay at the last layer
+    ([5.0, 1.0, 3.0, 2.0, 6.0], 3),  # 6 > 2, then 3 is higher: stop at index 3
+])
+def test_trough_index_hand_computed(impl, costs, expected):
+    """Walk down from the last layer while the cost strictly falls"""
+    got = impl.trough_index(torch.tensor([costs]))
+    check_close(got, torch.tensor([expected]), f"{costs} 的熵谷是 {expected}：从最后一列往前，只要严格变小就继续")
+
+
+def test_trough_index_batch(impl):
+    """Each row walks on its own"""
+    got = impl.trough_index(torch.tensor([[3.0, 1.0, 2.0, 4.0], [1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]]))
+    check_close(got, torch.tensor([1, 0, 3]), "每一行独立计算，返回 (B,)")
+
+
+# ----------------------------------------------------------------------------------- 7.3 JSD
+def test_jensen_shannon_divergence_hand_computed(impl):
+    """Disjoint distributions: ln 2; identical ones: 0"""
+    log_p = torch.tensor([[0.0, NEG_INF], [math.log(0.3), math.log(0.7)]])
+    log_q = torch.tensor([[NEG_INF, 0.0], [math.log(0.3), math.log(0.7)]])
+    check_close(impl.jensen_shannon_divergence(log_p, log_q), torch.tensor([math.log(2.0), 0.0]),
+                "不相交的两个分布 JSD = ln 2；相同的分布 JSD = 0；概率为 0（-inf）的项记为 0", atol=1e-5)
+
+
+def test_jensen_shannon_divergence_matches_python(impl, gen):
+    """Random distributions: the formula evaluated in plain Python"""
+    log_p = torch.randn(4, 12, generator=gen).log_softmax(-1)
+    log_q = (torch.randn(4, 12, generator=gen) * 3).log_softmax(-1)
+    expected = torch.tensor([_python_jsd(p, q) for p, q in zip(log_p.exp().tolist(), log_q.exp().tolist())])
+    check_close(impl.jensen_shannon_divergence(log_p, log_q), expected,
+                "JSD = ½ Σ p (log p - log m) + ½ Σ q (log q - log m)，m = (p + q) / 2", atol=1e-5)
+
+
+def test_jensen_shannon_divergence_broadcasts(impl, gen):
+    """final (1, B, V) against premature (L, B, V), as DoLa uses it"""
+    final = torch.randn(1, 2, 8, generator=gen).log_softmax(-1)
+    layers = torch.randn(3, 2, 8, generator=gen).log_softmax(-1)
+    expected = torch.tensor([[_python_jsd(final[0, b].exp().tolist(), layers[j, b].exp().tolist())
+                              for b in range(2)] for j in range(3)])
+    check_close(impl.jensen_shannon_divergence(final, layers), expected, "只在最后一维上求和，其余维度广播", atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------- 7.4 V_head
+@pytest.mark.parametrize("alpha", [0.1, 0.5])
+def test_plausibility_mask_matches_transformers(impl, gen, alpha):
+    """The same tokens as transformers' _relative_top_filter keeps"""
+    logits = torch.randn(3, 30, generator=gen) * 3
+    kept, _ = _relative_top_filter(logits.clone(), logits.clone(), relative_top=alpha)
+    check_close(impl.plausibility_mask(logits.log_softmax(-1), alpha), kept > NEG_INF,
+                "保留 log q >= max log q + log(alpha) 的 token（在 log 空间比较）")
+
+
+def test_plausibility_mask_hand_computed(impl):
+    """q = [0.5, 0.3, 0.04, 0.16], alpha = 0.1: the threshold is 0.05, so only 0.04 is dropped"""
+    log_q = torch.tensor([[0.5, 0.3, 0.04, 0.16]]).log()
+    check_close(impl.plausibility_mask(log_q, 0.1), torch.tensor([[True, True, False, True]]),
+                "阈值是 alpha × 最大概率 = 0.05", )
+    check_close(impl.plausibility_mask(log_q, 0.0), torch.ones(1, 4, dtype=torch.bool), "alpha = 0 时保留全部")
+
+
+# ----------------------------------------------------------------------------------- 7.5 contrast
+def test_dola_contrast_matches_transformers(impl, gen):
+    """Equals transformers' _dola_select_contrast with one premature layer (alpha = 0.1)"""
+    final = torch.randn(2, 25, generator=gen) * 3
+    premature = torch.randn(2, 25, generator=gen) * 3
+    expected = _dola_select_contrast([4], {4: premature.clone()}, final.clone())
+    got = impl.dola_contrast(final.log_softmax(-1), premature.log_softmax(-1), 0.1)
+    check_close(got, expected, "V_head 上是 log q_N - log q_M，V_head 之外是 -inf", atol=1e-5)
+
+
+def test_dola_contrast_hand_computed(impl):
+    """The contrast favours the token whose probability grew from layer M to layer N"""
+    final = torch.tensor([[0.6, 0.3, 0.1]]).log()
+    early = torch.tensor([[0.7, 0.1, 0.2]]).log()
+    expected = torch.tensor([[math.log(0.6 / 0.7), math.log(0.3 / 0.1), math.log(0.1 / 0.2)]])
+    check_close(impl.dola_contrast(final, early, 0.1), expected,
+                "F(x) = log q_N(x) - log q_M(x)：token 1 从 0.1 涨到 0.3，对比后得分最高", atol=1e-5)

@@ -83,13 +83,15 @@ class ProfileResult:
         n, large = len(self.tokens), sum(t.model_used == LARGE for t in self.tokens)
         a = self.analyze_distribution(metric)
         lines = ["=" * 70, f"Profile Summary - Strategy: {self.strategy}", "=" * 70,
-                 f"Generated {n} tokens in {self.stats.seconds:.2f}s", f"Speed: {self.stats.tokens_per_second:.2f} tok/s",
+                 f"Generated {n} tokens in {self.stats.seconds:.2f}s",
+                 f"Speed: {self.stats.tokens_per_second:.2f} tok/s",
                  "Model Usage:", f"  SLM: {n - large} tokens ({100 * (n - large) / n:.1f}%)",
                  f"  LLM: {large} tokens ({100 * large / n:.1f}%)", "-" * 70, f"{metric.capitalize()} Distribution:",
                  f"  Count: {a['count']}", f"  Mean: {a['mean']:.4f} ± {a['std']:.4f} (std)",
                  f"  Range: [{a['min']:.4f}, {a['max']:.4f}]", f"  Median: {a['median']:.4f}",
                  f"  Top 10% tokens: mean {a['top_10_percent']['mean']:.4f}, range "
-                 f"[{a['top_10_percent']['min']:.4f}, {a['top_10_percent']['max']:.4f}]", "  Percentiles (from highest):"]
+                 f"[{a['top_10_percent']['min']:.4f}, {a['top_10_percent']['max']:.4f}]",
+                 "  Percentiles (from highest):"]
         lines += [f"    {name}: {value:.4f}" for name, value in a["percentiles"].items()]
         lines += ["-" * 70, f"Top {top_n} Most Uncertain Tokens:"]
         for rank, t in enumerate(self.get_high_uncertainty_tokens(top_n, metric), 1):
@@ -145,7 +147,9 @@ def generate_with_profile(small, large, input_ids: torch.Tensor, attention_mask:
     out, routed = run_routing(small, large, input_ids, attention_mask, routing_metric, threshold, logu_top_k,
                               top_probs, options)
     tokenizer = options.get("tokenizer")
-    text = (lambda ids: tokenizer.decode(ids)) if tokenizer is not None else (lambda ids: " ".join(f"<{i}>" for i in ids))
+    def text(ids: list[int]) -> str:
+        return tokenizer.decode(ids) if tokenizer is not None else " ".join(f"<{i}>" for i in ids)
+
     tokens = [TokenRecord(r.token_id, text([r.token_id]), r.position, r.uncertainty.entropy, r.uncertainty.aleatoric,
                           r.uncertainty.epistemic, r.model_used, r.top_probs) for r in routed]
     strategy = f"profiled_{routing_metric}" if large is not None else "profiled_single_model"

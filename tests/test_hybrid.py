@@ -66,7 +66,9 @@ def test_logu_matches_hand_computed_values():
 @pytest.mark.parametrize("do_sample", [False, True])
 def test_extreme_thresholds_reproduce_each_model_alone(models, do_sample):
     small, large = models
-    options = dict(max_new_tokens=15, eos_token_id=[], do_sample=do_sample, **({"temperature": 0.8} if do_sample else {}))
+    options = dict(max_new_tokens=15, eos_token_id=[], do_sample=do_sample)
+    if do_sample:
+        options["temperature"] = 0.8
     for threshold, alone in ((math.inf, small), (-1.0, large)):
         expected = generate(alone, PROMPT, generator=torch.Generator().manual_seed(3), **options)
         out = hybrid_generate(small, large, PROMPT, routing_metric="entropy", threshold=threshold,

@@ -127,8 +127,9 @@ def check_dtypes(found: dict[str, tuple[tuple[int, ...], str]], dtype: torch.dty
             example.setdefault(stored, name)
     if len(example) > 1:
         listed = ", ".join(f"'{name}' is {stored}" for stored, name in example.items())
-        raise CheckpointError(f"the checkpoint mixes floating-point dtypes ({listed}); pass dtype=torch.float32 "
-                              f"(or torch.bfloat16, ...) to load_pretrained to convert every tensor to one dtype")
+        raise CheckpointError(f"the checkpoint mixes floating-point dtypes ({listed}); load it with "
+                              "dtype=torch.float32 (or torch.bfloat16, ...; --dtype on the command line) to convert "
+                              "every tensor to one")
 
 
 def check_quantization(config: ModelConfig) -> None:

@@ -48,7 +48,7 @@ def test_mixed_dtypes_are_named_and_converted_on_request(tmp_path, name):
     rewrite_tensors(tmp_path, to_bf16(name))
     local = name.removeprefix("model.").replace(".", r"\.")
     with pytest.raises(CheckpointError, match=rf"mixes floating-point dtypes \('embed_tokens\.weight' is F32, "
-                                              rf"'{local}' is BF16\); pass dtype=torch\.float32"):
+                                              rf"'{local}' is BF16\); load it with dtype=torch\.float32"):
         load_pretrained(tmp_path)
     ours = load_pretrained(tmp_path, dtype=torch.float32)
     theirs = LlamaForCausalLM.from_pretrained(tmp_path, torch_dtype=torch.float32).eval()

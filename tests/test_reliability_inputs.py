@@ -2,7 +2,8 @@
 
 tests/test_generation_steps.py already checks the common argument errors on generate(); this file adds the
 cases it leaves out (non-finite numbers, wrong types, unknown names, layer-selection options), runs each one
-through every entry point (generate, stream, beam search), and checks the prompt edge cases end to end:
+through every entry point (generate, stream, beam search, self-speculative and hybrid decoding), and checks
+the prompt edge cases end to end:
 an empty prompt, a prompt longer than max_position_embeddings, a stop string that never occurs, and a set
 of steps that bans every token.
 """
@@ -13,7 +14,7 @@ import pytest
 import torch
 
 from conftest import default_model_dir
-from generation import TopK, generate, stream
+from generation import TopK, generate, hybrid_generate, speculative_generate, stream
 from model import CausalLM, ModelConfig
 
 VOCAB, MAX_POSITIONS = 40, 64
@@ -50,7 +51,16 @@ def run_beams(model, ids, **options):
     return generate(model, ids, num_beams=2, **options)
 
 
-ENTRY_POINTS = {"generate": run_generate, "stream": run_stream, "beam search": run_beams}
+def run_self_speculative(model, ids, **options):
+    return speculative_generate(model, 1, ids, **options)  # the first layer drafts
+
+
+def run_hybrid(model, ids, **options):
+    return hybrid_generate(model, model, ids, threshold=1.0, logu_top_k=2, **options)
+
+
+ENTRY_POINTS = {"generate": run_generate, "stream": run_stream, "beam search": run_beams,
+                "speculative": run_self_speculative, "hybrid": run_hybrid}
 PROMPT = torch.tensor([[3, 4, 5]])
 
 # (options, message): cases tests/test_generation_steps.py does not already cover.
@@ -204,16 +214,17 @@ def test_eos_that_is_never_chosen_runs_to_max_new_tokens(tiny_model):
 
 
 # --------------------------------------------------------------------------- every token banned
-@pytest.mark.parametrize("options", [dict(), dict(do_sample=True), dict(num_beams=2),
-                                     dict(num_beams=2, do_sample=True)])
-def test_steps_that_ban_every_token_raise_instead_of_choosing_a_banned_one(options):
+@pytest.mark.parametrize("entry, options", [("generate", dict()), ("generate", dict(do_sample=True)),
+                                            ("beam search", dict()), ("beam search", dict(do_sample=True)),
+                                            ("speculative", dict()), ("hybrid", dict(do_sample=True))])
+def test_steps_that_ban_every_token_raise_instead_of_choosing_a_banned_one(entry, options):
     """A 4-token vocabulary with no_repeat_ngram_size=1: once all 4 tokens occurred, none may follow.
     Before the check, greedy silently picked the banned token 0 and sampling/beam search crashed inside torch."""
-    config = ModelConfig(vocab_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+    config = ModelConfig(vocab_size=4, hidden_size=16, intermediate_size=32, num_hidden_layers=2,
                          num_attention_heads=2, max_position_embeddings=32, pad_token_id=0)
     model = CausalLM(config).eval()
     generator = torch.Generator().manual_seed(0)
     with pytest.raises(ValueError, match=r"choosing new token 2 of row 0, the logits steps left no token \(every "
                                          r"score is -inf\).*no_repeat_ngram_size"):
-        generate(model, torch.tensor([[0, 1, 3]]), max_new_tokens=5, no_repeat_ngram_size=1, eos_token_id=[],
-                 generator=generator, **options)
+        ENTRY_POINTS[entry](model, torch.tensor([[0, 1, 3]]), max_new_tokens=5, no_repeat_ngram_size=1,
+                            eos_token_id=[], generator=generator, **options)

@@ -3,9 +3,8 @@
 tests/test_generation_steps.py already checks the common argument errors on generate(); this file adds the
 cases it leaves out (non-finite numbers, wrong types, unknown names, layer-selection options), runs each one
 through every entry point (generate, stream, beam search, self-speculative and hybrid decoding), and checks
-the prompt edge cases end to end:
-an empty prompt, a prompt longer than max_position_embeddings, a stop string that never occurs, and a set
-of steps that bans every token.
+the prompt edge cases end to end: an empty prompt, a prompt longer than max_position_embeddings, a stop
+string that never occurs, and a set of steps that bans every token.
 """
 
 from __future__ import annotations

@@ -47,7 +47,8 @@ class ProfileResult:
     generated_text: str
     stats: HybridStats
     sequences: torch.Tensor  # (1, prompt + new)
-    strategy: str = field(default="")
+    strategy: str = ""
+    stop_reasons: list[str] = field(default_factory=list)  # "eos", "stop_string" or "max_new_tokens"
 
     def values(self, metric: str) -> torch.Tensor:
         """(n,) float64: one measure over all generated tokens ("uncertainty", "aleatoric", "epistemic", "entropy")."""
@@ -127,7 +128,8 @@ class ProfileResult:
         return Path(path)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "generated_text": self.generated_text, "stats": self.stats.as_dict(),
+        return {"strategy": self.strategy, "generated_text": self.generated_text, "stop_reasons": self.stop_reasons,
+                "stats": self.stats.as_dict(),
                 "sequences": self.sequences.tolist(), "tokens": [asdict(t) for t in self.tokens]}
 
     def save_to_file(self, path: str | Path) -> Path:
@@ -153,4 +155,5 @@ def generate_with_profile(small, large, input_ids: torch.Tensor, attention_mask:
     tokens = [TokenRecord(r.token_id, text([r.token_id]), r.position, r.uncertainty.entropy, r.uncertainty.aleatoric,
                           r.uncertainty.epistemic, r.model_used, r.top_probs) for r in routed]
     strategy = f"profiled_{routing_metric}" if large is not None else "profiled_single_model"
-    return ProfileResult(tokens, text(out.new_tokens[0].tolist()), out.stats, out.sequences, strategy)
+    return ProfileResult(tokens, text(out.new_tokens[0].tolist()), out.stats, out.sequences, strategy,
+                         out.stop_reasons)

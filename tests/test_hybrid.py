@@ -137,6 +137,7 @@ def test_profile_records_hold_the_small_models_measures_and_the_chosen_distribut
         assert [p for _, p in record.top_k_probs] == pytest.approx(chosen.values.tolist(), abs=1e-6)
     saved = json.loads(profile.save_to_file(tmp_path / "profile.json").read_text())
     assert saved["tokens"] == json.loads(json.dumps([asdict(t) for t in profile.tokens]))
+    assert saved["stop_reasons"] == profile.stop_reasons == ["max_new_tokens"]
     assert saved["stats"]["large_tokens"] == sum(t.model_used == "llm" for t in profile.tokens)
     assert set(saved["analysis"]) == {"entropy", "aleatoric", "epistemic"}
     png = profile.plot_distributions(tmp_path / "profile.png")

@@ -50,6 +50,16 @@ REFERENCES: dict[int, dict[str, str]] = {
         "entropy_bits": "generation.entropy:entropy_bits",
         "trough_index": "generation.entropy:trough_index",
     },
+    8: {
+        "greedy_accept": "generation.speculative:greedy_accept",
+        "sampling_accept": "generation.speculative:sampling_accept",
+        "logu_uncertainty": "generation.uncertainty:logu_uncertainty",
+    },
+    9: {
+        "unpermute_rope_rows": "model.gguf_convert:unpermute_rope_rows",
+        "dequantize_mxfp4": "model.mxfp4:dequantize_mxfp4",
+        "moe_route": "model.moe:MoEMLP.route",
+    },
 }
 
 

@@ -1,0 +1,48 @@
+"""课时8练习：投机解码的接受规则与 LogU 不确定度。
+
+把每个 `raise NotImplementedError(...)` 换成你的实现，然后运行 `python -m lessons.grade 8`。
+参考答案是 generation/speculative.py 的 `greedy_accept`、`sampling_accept` 与
+generation/uncertainty.py 的 `logu_uncertainty`（签名完全相同）。gamma = 本轮草稿 token 数，V = 词表大小。
+"""
+
+from __future__ import annotations
+
+import torch
+
+__all__ = ["greedy_accept", "sampling_accept", "logu_uncertainty"]
+
+
+def greedy_accept(target_scores: torch.Tensor, draft_tokens: torch.Tensor) -> tuple[int, int]:
+    """Exercise 8.1：贪心投机解码的验证。
+
+    target_scores (gamma + 1, V)：目标模型在 [上一个 token, d_1, ..., d_gamma] 这 gamma + 1 个位置上的分数，
+    第 i 行预测的是第 i 个草稿位置；draft_tokens (gamma,)：草稿 token。
+    保留草稿中与目标模型 argmax 一致的最长前缀（k 个），再加上目标模型在第 k 个位置的 argmax。
+    返回 (k, 目标模型的下一个 token)，两个 int。
+    """
+    raise NotImplementedError("Exercise 8.1: greedy_accept")
+
+
+def sampling_accept(target_probs: torch.Tensor, draft_probs: torch.Tensor, draft_tokens: torch.Tensor,
+                    generator: torch.Generator | None) -> tuple[int, int]:
+    """Exercise 8.2：投机采样的接受规则（Leviathan et al. 2023，算法 1）。
+
+    target_probs (gamma + 1, V) 是 p，draft_probs (gamma, V) 是 q，draft_tokens (gamma,) 是从 q 抽出的 d_i。
+    依次对 i = 0, 1, ...：以概率 min(1, p_i(d_i) / q_i(d_i)) 接受 d_i（抽 u ~ U(0, 1)，u < p/q 则接受）；
+    第一次拒绝时，从 norm(max(0, p_i - q_i)) 抽一个 token 作为结尾；全部接受时，从 p_gamma 抽一个额外的 token。
+    随机数只能来自 generator（torch.rand(..., generator=generator)、torch.multinomial(..., generator=generator)）。
+    返回 (接受的个数, 最后抽出的 token)。这样得到的每个 token 恰好服从 p。
+    """
+    raise NotImplementedError("Exercise 8.2: sampling_accept")
+
+
+def logu_uncertainty(logits: torch.Tensor, top_k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exercise 8.3：LogU（Ma et al. 2025）的偶然不确定度 AU 与认知不确定度 EU。
+
+    取最大的 top_k 个 logits 作为 Dirichlet 的证据：alpha_k = max(0, logit_k)，alpha_0 = Σ alpha_k；
+    期望概率 alpha_k / alpha_0（alpha_0 = 0 时取均匀的 1/top_k）；
+    AU = -Σ_k (alpha_k / alpha_0) (ψ(alpha_k + 1) - ψ(alpha_0 + 1))，ψ 是 digamma（torch.digamma）；
+    EU = top_k / Σ_k (alpha_k + 1)。
+    logits (..., V) -> (AU, EU)，各为 (...)。top_k 不是 1..V 之间的整数时抛 ValueError。
+    """
+    raise NotImplementedError("Exercise 8.3: logu_uncertainty")

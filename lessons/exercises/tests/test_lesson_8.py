@@ -1,0 +1,110 @@
+"""Lesson 8 (speculative acceptance, LogU) against hand-computed cases, the theorem of speculative sampling
+(the emitted token is distributed as p, checked by counting) and digamma values written as harmonic numbers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from .helpers import check_close, check_equal
+
+LESSON = 8
+EULER_GAMMA = 0.5772156649015329
+
+
+def _digamma_int(n: int) -> float:
+    """psi(n) for a positive integer: the harmonic number H_{n-1} minus Euler's gamma."""
+    return sum(1.0 / k for k in range(1, n)) - EULER_GAMMA
+
+
+def _one_hot_scores(tokens: list[int], V: int = 6) -> torch.Tensor:
+    scores = torch.zeros(len(tokens), V)
+    scores[torch.arange(len(tokens)), torch.tensor(tokens)] = 5.0
+    return scores
+
+
+# ----------------------------------------------------------------------------------- 8.1 greedy
+@pytest.mark.parametrize("target, drafts, expected", [
+    ([1, 2, 3, 4], [1, 2, 3], (3, 4)),   # every draft agrees: keep all, plus the target's bonus token
+    ([1, 5, 3, 4], [1, 2, 3], (1, 5)),   # disagreement at the second draft: keep 1, then the target's 5
+    ([0, 2, 3, 4], [1, 2, 3], (0, 0)),   # the first draft is already wrong: keep none
+])
+def test_greedy_accept_hand_computed(impl, target, drafts, expected):
+    """Keep the longest agreeing prefix, then the target's own token"""
+    got = impl.greedy_accept(_one_hot_scores(target), torch.tensor(drafts))
+    check_equal(tuple(int(x) for x in got), expected,
+                "目标模型每个位置取 argmax；从头比较，第一次不一致就停；返回 (一致的个数, 目标在该位置的 argmax)")
+
+
+def test_greedy_accept_later_agreement_does_not_count(impl):
+    """A draft that agrees again after a disagreement is not kept"""
+    got = impl.greedy_accept(_one_hot_scores([1, 3, 3, 4]), torch.tensor([1, 2, 3]))
+    check_equal(tuple(int(x) for x in got), (1, 3), "只算**前缀**：第 2 个不一致后，第 3 个即使一致也不算")
+
+
+# ----------------------------------------------------------------------------------- 8.2 sampling
+def test_sampling_accept_same_distributions_accept_everything(impl):
+    """p = q: every draft is accepted (p/q = 1)"""
+    p = torch.tensor([[0.2, 0.5, 0.3]] * 4)
+    accepted, token = impl.sampling_accept(p, p[:3], torch.tensor([1, 0, 2]), torch.Generator().manual_seed(0))
+    check_equal(int(accepted), 3, "p = q 时 p/q = 1，每个草稿都接受")
+
+
+def test_sampling_accept_impossible_draft_is_rejected(impl):
+    """A draft the target gives probability 0 is rejected; the token then comes from max(0, p - q)"""
+    p = torch.tensor([[0.0, 1.0, 0.0], [0.3, 0.3, 0.4]])
+    q = torch.tensor([[1.0, 0.0, 0.0]])
+    accepted, token = impl.sampling_accept(p, q, torch.tensor([0]), torch.Generator().manual_seed(0))
+    check_equal((int(accepted), int(token)), (0, 1),
+                "p(d) = 0 时必定拒绝；残差 max(0, p - q) = [0, 1, 0]，所以结尾 token 必是 1")
+
+
+def test_sampling_accept_emits_tokens_distributed_as_p(impl):
+    """The first emitted token follows p exactly (counted over 4000 rounds, gamma = 1)"""
+    p = torch.tensor([[0.5, 0.1, 0.1, 0.3], [0.25, 0.25, 0.25, 0.25]])
+    q = torch.tensor([[0.1, 0.6, 0.2, 0.1]])
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(4)
+    for _ in range(4000):
+        draft = torch.multinomial(q[0], 1, generator=gen)
+        accepted, token = impl.sampling_accept(p, q, draft, gen)
+        counts[int(draft) if int(accepted) == 1 else int(token)] += 1
+    check_close(counts / 4000, p[0], "第一个输出的 token 应服从 p：接受概率 min(1, p/q)，拒绝后从 norm(max(0, p - q)) 抽",
+                atol=0.03)
+
+
+def test_sampling_accept_uses_the_generator(impl):
+    """The same generator seed gives the same result"""
+    p = torch.softmax(torch.randn(4, 7, generator=torch.Generator().manual_seed(1)), -1)
+    q = torch.softmax(torch.randn(3, 7, generator=torch.Generator().manual_seed(2)), -1)
+    drafts = torch.tensor([1, 4, 6])
+    runs = [impl.sampling_accept(p, q, drafts, torch.Generator().manual_seed(5)) for _ in range(2)]
+    check_equal(tuple(map(int, runs[0])), tuple(map(int, runs[1])), "随机数只能来自传入的 generator")
+
+
+# ----------------------------------------------------------------------------------- 8.3 LogU
+def test_logu_uncertainty_no_evidence(impl):
+    """All logits <= 0: no evidence, AU = 0 and EU = 1"""
+    au, eu = impl.logu_uncertainty(torch.tensor([[-1.0, -2.0, -3.0, -0.5]]), top_k=2)
+    check_close(au, torch.tensor([0.0]), "没有证据（alpha_0 = 0）时期望概率取均匀 1/K，ψ(1) - ψ(1) = 0，所以 AU = 0")
+    check_close(eu, torch.tensor([1.0]), "EU = K / Σ(alpha_k + 1) = 2 / 2 = 1")
+
+
+def test_logu_uncertainty_hand_computed(impl):
+    """Top-2 logits [1, 1] (the rest ignored): AU = psi(3) - psi(2) = 1/2, EU = 2/4"""
+    au, eu = impl.logu_uncertainty(torch.tensor([1.0, 1.0, -4.0, 0.5]), top_k=2)
+    check_close(au, torch.tensor(_digamma_int(3) - _digamma_int(2)), "AU = -Σ (α_k/α_0)(ψ(α_k + 1) - ψ(α_0 + 1))，只用最大的 top_k 个")
+    check_close(eu, torch.tensor(0.5), "EU = top_k / Σ(α_k + 1)")
+
+
+def test_logu_uncertainty_concentrated_evidence(impl):
+    """Evidence [3, 0, 0]: AU = 0 (one token holds it all), EU = 3/6"""
+    au, eu = impl.logu_uncertainty(torch.tensor([[3.0, -1.0, 0.0, -2.0]]), top_k=3)
+    check_close(au, torch.tensor([0.0]), "证据全在一个 token 上时 AU = -(1)(ψ(4) - ψ(4)) = 0", atol=1e-6)
+    check_close(eu, torch.tensor([0.5]), "EU = 3 / (4 + 1 + 1)")
+
+
+def test_logu_uncertainty_bad_top_k(impl):
+    """top_k larger than the vocabulary is an error"""
+    with pytest.raises(ValueError):
+        impl.logu_uncertainty(torch.zeros(1, 4), top_k=5)

@@ -73,6 +73,8 @@ class LayerSelectionOptions:
                 penalties += 1
             return [*steps[:penalties], dola, *steps[penalties:]]
         if self.entropy_decoding is not None:
+            if config.num_hidden_layers < 2:
+                raise ValueError("entropy_decoding chooses among the layers, and this model has only one")
             if self.entropy_decoding == "random_after" and generator is None:
                 raise ValueError("entropy_decoding='random_after' draws a layer at every step: pass "
                                  "generator=torch.Generator().manual_seed(...) so the draws are reproducible")

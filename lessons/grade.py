@@ -17,11 +17,12 @@ import json
 import os
 import shutil
 import sys
+import traceback
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from lessons.exercises import (EXERCISES_DIR, IMPL_ENV, answer_path, available_lessons, exercise_names,
-                               stub_path)
+                               load_implementation, stub_path)
 
 REPO_ROOT = EXERCISES_DIR.parents[1]
 
@@ -93,6 +94,15 @@ def run_tests(lesson: int, which: str) -> list[TestResult]:
     return collector.results
 
 
+def import_problem(lesson: int, which: str) -> str | None:
+    """Why the file cannot be graded at all (a syntax error, a missing function), or None."""
+    try:
+        load_implementation(lesson, which)
+    except Exception as err:  # the student's file may raise anything while it is imported
+        return "".join(traceback.format_exception_only(type(err), err)).strip()
+    return None
+
+
 def print_report(lesson: int, which: str, results: list[TestResult]) -> None:
     print(f"Lesson {lesson}: grading {which}\n")
     exercises = dict.fromkeys(r.exercise for r in results)
@@ -145,6 +155,10 @@ def main(argv: list[str] | None = None) -> int:
         which = args.impl or str(answer_path(lesson))
         if which not in ("reference", "stub") and not Path(which).is_file():
             parser.error(f"{which} does not exist; create it with `python -m lessons.grade {lesson} --init`")
+        problem = import_problem(lesson, which)
+        if problem:
+            print(f"Lesson {lesson}: cannot use {which}:\n{problem}\nFix it and grade again.")
+            return 1
         results = run_tests(lesson, which)
         print_report(lesson, which, results)
         all_results += results

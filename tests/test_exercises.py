@@ -114,3 +114,9 @@ def test_missing_answer_or_unknown_lesson_explains_what_to_do(tmp_path):
     assert missing.returncode == 2 and "--init" in missing.stderr
     unknown = grade("99", env=env)
     assert unknown.returncode == 2 and "no exercises" in unknown.stderr
+
+
+def test_an_answer_that_does_not_import_is_reported_once(tmp_path):
+    (tmp_path / "lesson_2.py").write_text("def rotate_half(x)\n    return x\n")
+    done = grade("2", env={"SCRATCH_LM_ANSWERS_DIR": str(tmp_path)})
+    assert done.returncode == 1 and "SyntaxError" in done.stdout and done.stdout.count("SyntaxError") == 1

@@ -137,6 +137,18 @@ def test_dola_composes_with_sampling_and_batches(tied6):
     assert torch.equal(runs[0].sequences, runs[1].sequences)
 
 
+def test_dola_paper_runs_after_the_penalties(untied8):
+    # no_repeat_ngram_size=1 bans every token already present; placed before DoLa, a banned token is -inf
+    # in q_N, so it is outside V_head and can never come back through the contrast.
+    _, ours = untied8
+    ids = prompts(batch=2)
+    out = generate(ours, ids, max_new_tokens=12, eos_token_id=[], no_repeat_ngram_size=1, dola_layers="low",
+                   dola_alpha=0.0)
+    for row in out.sequences.tolist():
+        prompt, new = row[:6], row[6:]
+        assert len(set(new)) == len(new) and not set(new) & set(prompt)
+
+
 # --------------------------------------------------------------------------------- entropy, hand-computed
 
 def table_model(widths: list[int], vocab: int = 8):

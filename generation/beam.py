@@ -25,7 +25,7 @@ from dataclasses import dataclass
 
 import torch
 
-from cache import DynamicCache
+from cache import cache_for_config
 
 from .loop import GenerateOutput, decode_one_token, extend_mask, no_token_left, prefill, reason_names
 from .steps import LogitsStep, StepContext, apply_logits_steps, needs_hidden_states
@@ -60,7 +60,7 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     K, L = num_beams, T + stop.max_new_tokens
     C = max(2, 1 + stop.eos_token_ids.numel()) * K
     hidden = needs_hidden_states(steps)
-    cache = DynamicCache(model.config.num_hidden_layers)
+    cache = cache_for_config(model.config)  # sliding-window layers (GPT-OSS) keep only their window
     out = prefill(model, input_ids, attention_mask, cache, hidden)  # the prompt once, not once per beam
     cache.repeat_interleave(K)  # then every beam starts from the same cache: rows b*K .. b*K + K - 1
     logits = out.logits[:, -1].float().repeat_interleave(K, dim=0)  # (B*K, V)

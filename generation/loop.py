@@ -14,7 +14,7 @@ from typing import Callable, Iterator, Sequence
 
 import torch
 
-from cache import DynamicCache
+from cache import DynamicCache, cache_for_config
 
 from .steps import LogitsStep, StepContext, apply_logits_steps, needs_hidden_states
 from .stopping import STOP_REASONS, StopConditions
@@ -85,7 +85,7 @@ def decode_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     """
     B, prompt_length = input_ids.shape
     hidden = needs_hidden_states(steps)  # ask for every layer's hidden state only if a step uses them
-    cache = DynamicCache(model.config.num_hidden_layers)
+    cache = cache_for_config(model.config)  # sliding-window layers (GPT-OSS) keep only their window
     sequences = input_ids
     reasons = torch.zeros(B, dtype=torch.long, device=input_ids.device)
     out = prefill(model, input_ids, attention_mask, cache, hidden)

@@ -61,7 +61,7 @@ Your own step, e.g. banning a token and recording its probability:
 
 A step class that needs the hidden states says so with an attribute:
 
-    class LastLayerLogits:
+    class PenultimateLayerLogits:   # the "logit lens": decode from block N-1 instead of block N
         needs_hidden_states = True
         def __call__(self, scores, ctx):
             return ctx.model.early_exit_logits(ctx.hidden_states, [len(ctx.hidden_states) - 2])[0].float()

@@ -89,7 +89,7 @@ class SpeculativeStats:
     accepted: int = 0  # draft tokens the target accepted
     rounds: int = 0  # draft-then-verify rounds (= verification passes of the target)
     target_forward_passes: int = 0  # verification passes + the prompt prefill
-    draft_forward_passes: int = 0
+    draft_forward_passes: int = 0  # self-speculative: passes through the first k blocks only
     seconds: float = 0.0
     num_draft_tokens_per_round: list[int] = field(default_factory=list)
 

@@ -93,7 +93,8 @@ def test_logu_uncertainty_no_evidence(impl):
 def test_logu_uncertainty_hand_computed(impl):
     """Top-2 logits [1, 1] (the rest ignored): AU = psi(3) - psi(2) = 1/2, EU = 2/4"""
     au, eu = impl.logu_uncertainty(torch.tensor([1.0, 1.0, -4.0, 0.5]), top_k=2)
-    check_close(au, torch.tensor(_digamma_int(3) - _digamma_int(2)), "AU = -Σ (α_k/α_0)(ψ(α_k + 1) - ψ(α_0 + 1))，只用最大的 top_k 个")
+    check_close(au, torch.tensor(_digamma_int(3) - _digamma_int(2)),
+                "AU = -Σ (α_k/α_0)(ψ(α_k + 1) - ψ(α_0 + 1))，只用最大的 top_k 个")
     check_close(eu, torch.tensor(0.5), "EU = top_k / Σ(α_k + 1)")
 
 

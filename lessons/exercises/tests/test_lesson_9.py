@@ -62,8 +62,8 @@ def test_dequantize_mxfp4_matches_transformers(impl):
 # ----------------------------------------------------------------------------------- 9.3 routing
 def _router_pair(E: int = 6, k: int = 2, H: int = 8):
     config = ModelConfig.from_dict(dict(model_type="gpt_oss", vocab_size=10, hidden_size=H, intermediate_size=4,
-                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2, num_local_experts=E,
-                                        num_experts_per_tok=k))
+                                        num_hidden_layers=1, num_attention_heads=2, num_key_value_heads=2,
+                                        num_local_experts=E, num_experts_per_tok=k))
     ours = MoEMLP(config)
     theirs = GptOssTopKRouter(GptOssConfig(hidden_size=H, num_local_experts=E, num_experts_per_tok=k))
     with torch.no_grad():

@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import torch
 
+from .dynamic import DynamicCache, DynamicLayer
 
-class StaticLayer:
-    """One block's cache in fixed buffers; `length` positions are filled."""
+
+class StaticLayer(DynamicLayer):
+    """One block's cache in fixed buffers; `length` positions are filled.
+
+    reorder / repeat_interleave are DynamicLayer's: they act on the batch dimension, whatever the length.
+    """
 
     def __init__(self, max_length: int) -> None:
+        super().__init__()  # keys / values: (B, n_kv, max_length, d), allocated on first update
         self.max_length = max_length
-        self.keys: torch.Tensor | None = None  # (B, n_kv, max_length, d), allocated on first update
-        self.values: torch.Tensor | None = None
         self.length = 0
 
     def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -41,16 +45,6 @@ class StaticLayer:
     def crop(self, length: int) -> None:
         self.length = min(self.length, length)  # positions past `length` are simply overwritten later
 
-    def reorder(self, index: torch.Tensor) -> None:
-        if self.keys is not None:
-            self.keys = self.keys.index_select(0, index.to(self.keys.device))
-            self.values = self.values.index_select(0, index.to(self.values.device))
-
-    def repeat_interleave(self, repeats: int) -> None:
-        if self.keys is not None:
-            self.keys = self.keys.repeat_interleave(repeats, dim=0)
-            self.values = self.values.repeat_interleave(repeats, dim=0)
-
     def nbytes(self) -> int:
         """Bytes of the filled positions (the same count as DynamicLayer); `allocated_bytes` for the buffers."""
         if self.keys is None:
@@ -62,8 +56,6 @@ class StaticLayer:
         return 0 if self.keys is None else 2 * self.keys.numel() * self.keys.element_size()
 
 
-def StaticCache(num_layers: int, max_length: int):
-    """A DynamicCache-compatible cache whose layers are preallocated `StaticLayer`s."""
-    from .dynamic import DynamicCache
-
+def StaticCache(num_layers: int, max_length: int) -> DynamicCache:
+    """A DynamicCache whose layers are preallocated `StaticLayer`s."""
     return DynamicCache(layers=[StaticLayer(max_length) for _ in range(num_layers)])

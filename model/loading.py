@@ -12,6 +12,7 @@ they are checked from the headers like any tensor and decoded one expert at a ti
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -140,6 +141,25 @@ def check_quantization(config: ModelConfig) -> None:
                               f"release) is supported: use a dequantized or MXFP4 checkpoint")
 
 
+@contextmanager
+def skip_parameter_init():
+    """Make torch.nn.init's in-place initialisers no-ops while a model is built for loading.
+
+    Each nn.Linear / nn.Embedding initialises itself in its constructor. On the meta device that does no
+    arithmetic, but it routes through torch's reference decompositions, whose first use imports a compiler
+    stack (about 1.5 s); the checkpoint overwrites every value anyway. transformers does the same.
+    """
+    names = ("uniform_", "normal_", "kaiming_uniform_", "kaiming_normal_", "trunc_normal_", "zeros_", "ones_")
+    saved = {name: getattr(torch.nn.init, name) for name in names}
+    try:
+        for name in names:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, function in saved.items():
+            setattr(torch.nn.init, name, function)
+
+
 def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
                     attn_implementation: str = "sdpa", check_finite: bool = False,
                     name_map: Callable[[str], str] = hf_to_local_name) -> CausalLM:
@@ -157,7 +177,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     files = checkpoint_files(folder)
     headers = merge_mxfp4_headers({name_map(name): info for name, info in read_headers(files).items()})
     with torch.device("meta"):
-        model = CausalLM(config, attn_implementation)
+        with skip_parameter_init():
+            model = CausalLM(config, attn_implementation)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     check_tensors(expected, headers, config.tie_word_embeddings)
     check_dtypes(headers, dtype)

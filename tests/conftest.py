@@ -77,3 +77,11 @@ def default_model_path():
     if path is None:
         pytest.skip("default model not prepared: run `python -m model.zoo fetch smollm2-135m-instruct`")
     return path
+
+
+@pytest.fixture(scope="session")
+def default_tokenizer(default_model_path):
+    """Our tokenizer for the default model (skips like default_model_path when it is not prepared)."""
+    from tokenizer import load_tokenizer
+
+    return load_tokenizer(default_model_path)

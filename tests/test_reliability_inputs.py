@@ -12,7 +12,6 @@ from __future__ import annotations
 import pytest
 import torch
 
-from conftest import default_model_dir
 from generation import TopK, generate, hybrid_generate, speculative_generate, stream
 from model import CausalLM, ModelConfig
 
@@ -142,16 +141,6 @@ def test_empty_input_ids_are_refused(no_forward, entry, shape):
     with pytest.raises(ValueError, match=rf"input_ids is empty \(shape \({shape[0]}, {shape[1]}\)\): the prompt "
                                          "needs at least one token"):
         ENTRY_POINTS[entry](no_forward, torch.zeros(shape, dtype=torch.long))
-
-
-@pytest.fixture(scope="module")
-def default_tokenizer():
-    folder = default_model_dir()
-    if folder is None:
-        pytest.skip("default model not prepared: run `python -m model.zoo fetch smollm2-135m-instruct`")
-    from tokenizer import load_tokenizer
-
-    return load_tokenizer(folder)
 
 
 def test_empty_string_through_the_tokenizer_is_refused(default_tokenizer, monkeypatch):

@@ -20,7 +20,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cache import DynamicCache, DynamicLayer, SlidingWindowLayer, StaticCache
-from conftest import default_model_dir
 from generation import (MinP, NoRepeatNGram, RepetitionPenalty, StepContext, Temperature, TopK, TopP,
                         apply_logits_steps, select_sample)
 
@@ -218,16 +217,6 @@ def assert_same(cache, reference: list[ReferenceLayer]) -> None:
 
 
 # --------------------------------------------------------------------------- tokenizer round trip
-@pytest.fixture(scope="module")
-def default_tokenizer():
-    folder = default_model_dir()
-    if folder is None:
-        pytest.skip("default model not prepared: run `python -m model.zoo fetch smollm2-135m-instruct`")
-    from tokenizer import load_tokenizer
-
-    return load_tokenizer(folder)
-
-
 def missing_bytes(tokenizer) -> set[int]:
     """Bytes with no token of their own: SmolLM2 lacks 21 (0x04 0x06 0x13 0x14 0x16 0x1D 0xC0 0xC1 0xF1 0xF2
     0xF5-0xFF), so its encode drops the control characters U+0004 ... U+001D and code points U+40000-U+BFFFF."""

@@ -21,7 +21,9 @@ class DynamicLayer:
     def update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Append this step's (B, n_kv, T, d) keys/values; return all of them, (B, n_kv, S + T, d)."""
         if self.keys is None:
-            self.keys, self.values = keys, values
+            # Copies: the new keys/values are views into the attention's q/k/v projection output, whose
+            # storage would otherwise stay alive as long as the cache.
+            self.keys, self.values = keys.clone(), values.clone()
         else:
             self.keys = torch.cat([self.keys, keys], dim=-2)
             self.values = torch.cat([self.values, values], dim=-2)

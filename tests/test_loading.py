@@ -25,7 +25,10 @@ def test_sharded_checkpoint_loads_and_matches_single_file(tmp_path):
     hf.save_pretrained(sharded, max_shard_size="20KB")  # transformers writes an index + several shards
     assert (sharded / "model.safetensors.index.json").is_file()
     assert len(list(sharded.glob("model-*.safetensors"))) > 1
-    assert torch.equal(logits(load_pretrained(single), IDS), logits(load_pretrained(sharded), IDS))
+    # Equal up to float rounding: the weights sit at other memory offsets in the shards, and MKL's kernels pick
+    # their blocking (hence summation order) by alignment.
+    torch.testing.assert_close(logits(load_pretrained(single), IDS), logits(load_pretrained(sharded), IDS),
+                               atol=1e-6, rtol=0)
 
 
 def test_dtype_argument_converts_weights(tmp_path):

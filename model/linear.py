@@ -1,0 +1,177 @@
+"""Matrix products for decoding: what `nn.Linear` computes, arranged so that the CPU kernels run fast.
+
+A decode step multiplies a few vectors by every weight matrix, so its speed is set by how fast each kernel
+streams a matrix and by how many kernel calls it makes. Three measures, each measured on a 2-core AVX2 CPU
+with SmolLM2-135M (scripts/bench.py), none changing what is computed beyond float rounding:
+
+1. Stacked projections. q/k/v read the same input, and so do the MLP's gate/up: one matmul over the
+   stacked matrices replaces three (two), which saves 90 of the 211 matmul calls of a step. The modules
+   keep their own `nn.Linear`s, whose weights become views into the stacked weight: no memory is added,
+   parameter names and the state_dict are unchanged, and an in-place change to either is seen by both.
+   `StackedLinear.is_current` notices a weight that was replaced (e.g. `load_state_dict(..., assign=True)`)
+   or a linear someone hooked (the lessons capture q with a forward hook), and the layer then runs the
+   linears one by one. `CausalLM._apply` re-stacks after every `.to()`.
+
+2. The kernel form for a few rows. `F.linear(x, W)` = x @ W^T; for float32 with 2-32 rows (beam search,
+   a small batch, DoLa's early-exit head), MKL's general product is 1.2-2.6x slower than computing the same
+   numbers as (W @ x^T)^T, a tall-skinny product that streams W once at full speed. One row (plain
+   decoding) and long prompts keep F.linear, as do bfloat16/float16 (no gain there).
+
+3. An optional column-major layout for float32 on the CPU (`weight_layout="column_major"` in
+   `load_pretrained`, or `model.set_weight_layout`). Stored transposed (W^T contiguous, W a view of it),
+   the one-row product x @ W^T runs about 1.3x faster (all of a step's matrices: 34-37 ms instead of 44-47),
+   but the product for 2-32 rows becomes 2-4x slower, and no kernel form recovers it. So it is the layout for
+   batch-1 decoding (greedy, sampling), and the default row-major one is right for beam search, batches and
+   DoLa's early-exit head. bfloat16/float16 always stay row-major (transposed, their product is ~15x slower).
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+FEW_ROWS = range(2, 33)  # rows for which (W @ x^T)^T beat F.linear in float32 on the CPU
+WEIGHT_LAYOUTS = ("row_major", "column_major")
+
+
+def check_weight_layout(layout: str) -> None:
+    if layout not in WEIGHT_LAYOUTS:
+        raise ValueError(f"weight_layout must be one of {WEIGHT_LAYOUTS}, got {layout!r}")
+
+
+def prefers_column_major(layout: str, dtype: torch.dtype, device: torch.device | str | None) -> bool:
+    """Column-major only where it measured faster: float32 on the CPU, and only when asked for."""
+    return layout == "column_major" and dtype == torch.float32 and torch.device(device or "cpu").type == "cpu"
+
+
+def relayout(weight: torch.Tensor, column_major: bool) -> torch.Tensor:
+    """The same (out, in) values stored row-major (W contiguous) or column-major (a view of W^T contiguous).
+
+    A weight already in the layout is returned as is; a row or column stride of 1 is enough (a stacked
+    part is a slice whose other stride is the stacked size, which BLAS takes as its leading dimension).
+    """
+    if column_major:
+        return weight if weight.stride(0) == 1 else weight.t().contiguous().t()
+    return weight if weight.stride(-1) == 1 else weight.contiguous()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """x @ weight^T + bias, like F.linear; x (..., in), weight (out, in) -> (..., out)."""
+    rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    row_major = weight.stride(-1) == 1
+    if rows in FEW_ROWS and row_major and x.dtype == torch.float32 and x.device.type == "cpu":
+        out = (weight @ x.reshape(rows, -1).t()).t().contiguous()  # (rows, out): the tall-skinny kernel (point 2)
+        if bias is not None:
+            out = out + bias
+        return out.reshape(*x.shape[:-1], weight.shape[0])
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear computed with `linear` (same parameters, same results up to float rounding)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+class StackedLinear:
+    """Several nn.Linear layers that read the same input, computed with one matmul.
+
+    Not an nn.Module on purpose: it owns no parameters (the linears keep theirs, as views into `weight`),
+    so `.to()` and `state_dict()` see the model exactly as without it.
+    """
+
+    def __init__(self, linears: Sequence[nn.Linear], column_major: bool = False):
+        self.sizes = [module.out_features for module in linears]
+        # Concatenated along the output dimension, (sum of out, in); column-major is built as
+        # W^T = [W_1^T W_2^T ...] directly, which copies contiguous rows instead of transposing.
+        if column_major:
+            self.weight = torch.cat([module.weight.detach().t() for module in linears], dim=1).t()
+        else:
+            self.weight = torch.cat([module.weight.detach() for module in linears])
+        has_bias = [module.bias is not None for module in linears]
+        if any(has_bias) and not all(has_bias):
+            raise ValueError("StackedLinear needs all or none of the linears to have a bias")
+        self.bias = torch.cat([module.bias.detach() for module in linears]) if all(has_bias) else None
+        for module, part in zip(linears, self.weight.split(self.sizes)):
+            module.weight = nn.Parameter(part, requires_grad=module.weight.requires_grad)
+        if self.bias is not None:
+            for module, part in zip(linears, self.bias.split(self.sizes)):
+                module.bias = nn.Parameter(part, requires_grad=module.bias.requires_grad)
+        self.column_major = column_major
+        self._pointers = self._current_pointers(linears)
+
+    @staticmethod
+    def _current_pointers(linears: Sequence[nn.Linear]) -> tuple[int, ...]:
+        return tuple(t.data_ptr() for module in linears for t in (module.weight, module.bias) if t is not None)
+
+    def points_at(self, linears: Sequence[nn.Linear]) -> bool:
+        """True while every linear's weight (and bias) is still the view made here."""
+        return self._current_pointers(linears) == self._pointers
+
+    def is_current(self, linears: Sequence[nn.Linear]) -> bool:
+        """points_at, and no linear has hooks (a hook must see its module called)."""
+        if any(module._forward_hooks or module._forward_pre_hooks for module in linears):
+            return False
+        return self.points_at(linears)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
+def stacked_or_separate(stacked: StackedLinear | None, linears: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor:
+    """The linears' outputs on x, concatenated on the last dimension: one stacked matmul while it is valid,
+    else one matmul each."""
+    if stacked is not None and stacked.is_current(linears):
+        return stacked(x)
+    return torch.cat([module(x) for module in linears], dim=-1)
+
+
+def arrange_weights(model: nn.Module, layout: str = "row_major",
+                    on_copied: Callable[[torch.Tensor], None] | None = None) -> None:
+    """Stack q/k/v of every attention and gate/up of every SwiGLU MLP of `model`, and give every matrix the
+    layout asked for (where it applies: see `prefers_column_major`). Skipped on the meta device; a stack
+    already current in the right layout is kept. `on_copied(old)` is called with each tensor replaced by a copy
+    (the loader releases memory-mapped file pages with it)."""
+    # Imported here: layers.py imports this module.
+    from .layers import Attention, SwiGLU
+
+    for module in model.modules():
+        if isinstance(module, Attention):
+            module.qkv_proj = _stack(module.qkv_proj, [module.q_proj, module.k_proj, module.v_proj], layout, on_copied)
+        elif isinstance(module, SwiGLU):
+            module.gate_up_proj = _stack(module.gate_up_proj, [module.gate_proj, module.up_proj], layout, on_copied)
+    for module in model.modules():  # every other matrix; stacked parts are already in their layout
+        if isinstance(module, nn.Linear) and module.weight.device.type != "meta":
+            old = module.weight.data
+            module.weight.data = relayout(old, prefers_column_major(layout, old.dtype, old.device))
+            if on_copied is not None and module.weight.data_ptr() != old.data_ptr():
+                on_copied(old)
+
+
+def matrix_names(model: nn.Module) -> set[str]:
+    """state_dict names of every nn.Linear weight (with a tied head, the embedding's too)."""
+    names = {f"{name}.weight" for name, module in model.named_modules() if isinstance(module, nn.Linear)}
+    head, embedding = getattr(model, "lm_head", None), getattr(model, "embed_tokens", None)
+    if head is not None and embedding is not None and head.weight is embedding.weight:
+        names.add("embed_tokens.weight")
+    return names
+
+
+def _stack(existing: StackedLinear | None, linears: Sequence[nn.Linear], layout: str,
+           on_copied: Callable[[torch.Tensor], None] | None) -> StackedLinear | None:
+    weight = linears[0].weight
+    if weight.device.type == "meta":
+        return None
+    column_major = prefers_column_major(layout, weight.dtype, weight.device)
+    if existing is not None and existing.column_major == column_major and existing.points_at(linears):
+        return existing
+    old = [t.data for module in linears for t in (module.weight, module.bias) if t is not None]
+    stacked = StackedLinear(linears, column_major)
+    if on_copied is not None:
+        for tensor in old:
+            on_copied(tensor)
+    return stacked

@@ -1,0 +1,162 @@
+"""model/linear.py (stacked q/k/v and gate/up, the kernel form for a few rows) and the fused RMSNorm.
+
+They must be invisible: same logits as transformers, same state_dict, no extra memory, a correct fallback
+when a weight is replaced or a hook is watching, re-stacked after every dtype change.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from conftest import save_tiny_llama
+from model import load_pretrained
+from model.layers import RMSNorm, rms_norm_reference
+from model.linear import linear
+
+
+def storage_bytes(model: nn.Module) -> int:
+    """Bytes of the distinct storages behind the parameters: what the weights really hold."""
+    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
+    return sum(storages.values())
+
+
+def hf_logits(hf, ids: torch.Tensor) -> torch.Tensor:
+    with torch.no_grad():
+        return hf(ids).logits
+
+
+def test_stacked_projections_share_memory_and_keep_the_state_dict(tmp_path):
+    hf = save_tiny_llama(tmp_path, tie_word_embeddings=True)
+    model = load_pretrained(tmp_path)
+    attn, mlp = model.layers[0].self_attn, model.layers[0].mlp
+    assert attn.qkv_proj is not None and mlp.gate_up_proj is not None
+    # q/k/v are views into the one stacked matrix: the parameters hold exactly the checkpoint's bytes.
+    assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.qkv_proj.weight.untyped_storage().data_ptr()
+    hf_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
+    assert storage_bytes(model) == hf_bytes
+    ours = model.state_dict()
+    for name, tensor in hf.state_dict().items():
+        local = name.removeprefix("model.")
+        if local in ours:
+            assert torch.equal(ours[local], tensor), name
+
+
+def test_conversion_restacks_in_the_new_dtype(tmp_path):
+    save_tiny_llama(tmp_path)
+    model = load_pretrained(tmp_path).to(torch.bfloat16)
+    attn = model.layers[0].self_attn
+    assert attn.qkv_proj.weight.dtype == torch.bfloat16
+    assert attn.qkv_proj.is_current([attn.q_proj, attn.k_proj, attn.v_proj])
+
+
+@pytest.mark.parametrize("rows", [1, 2, 4, 9, 32, 33, 100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_linear_equals_f_linear_for_any_number_of_rows(rows, dtype):
+    """`linear` switches kernel form for 2-32 rows of float32; the numbers must be F.linear's (to rounding)."""
+    generator = torch.Generator().manual_seed(rows)
+    weight = torch.randn(48, 20, generator=generator).to(dtype)
+    bias = torch.randn(48, generator=generator).to(dtype)
+    x = torch.randn(rows, 1, 20, generator=generator).to(dtype)  # any leading shape
+    expected = torch.nn.functional.linear(x.double(), weight.double(), bias.double())
+    got = linear(x, weight, bias)
+    assert got.shape == (rows, 1, 48) and got.dtype == dtype and got.is_contiguous()
+    tolerance = 1e-5 if dtype == torch.float32 else 0.1
+    torch.testing.assert_close(got.double(), expected, atol=tolerance, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_logits_match_transformers_after_conversion(tmp_path, dtype):
+    hf = save_tiny_llama(tmp_path)
+    model = load_pretrained(tmp_path).to(dtype)
+    ids = torch.randint(0, 97, (2, 9), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ours = model(ids).logits.float()
+    expected = hf_logits(hf.to(dtype), ids).float()
+    tolerance = 1e-4 if dtype == torch.float32 else 3e-2  # bf16 keeps 8 bits of mantissa
+    torch.testing.assert_close(ours, expected, atol=tolerance, rtol=0)
+
+
+def test_a_replaced_weight_is_used_not_the_stale_stack(tmp_path):
+    hf = save_tiny_llama(tmp_path)
+    model = load_pretrained(tmp_path)
+    ids = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(1))
+    attn, hf_attn = model.layers[0].self_attn, hf.model.layers[0].self_attn
+    with torch.no_grad():
+        new = torch.randn(hf_attn.k_proj.weight.shape, generator=torch.Generator().manual_seed(5))
+        hf_attn.k_proj.weight.copy_(new)
+        attn.k_proj.weight = nn.Parameter(new.clone())  # assigned, not copied in: the stack is stale now
+        assert not attn.qkv_proj.is_current([attn.q_proj, attn.k_proj, attn.v_proj])
+        torch.testing.assert_close(model(ids).logits, hf_logits(hf, ids), atol=1e-4, rtol=0)
+
+
+def test_an_in_place_change_reaches_the_stacked_matmul(tmp_path):
+    hf = save_tiny_llama(tmp_path)
+    model = load_pretrained(tmp_path)
+    ids = torch.randint(0, 97, (1, 7), generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        hf.model.layers[1].mlp.up_proj.weight.mul_(-2.0)
+        model.layers[1].mlp.up_proj.weight.mul_(-2.0)  # a view into gate_up_proj's stacked weight
+        torch.testing.assert_close(model(ids).logits, hf_logits(hf, ids), atol=1e-4, rtol=0)
+
+
+def test_a_forward_hook_on_q_proj_still_fires(tmp_path):
+    """Lesson 3 captures q with a hook on q_proj; the stacked matmul would skip the module."""
+    save_tiny_llama(tmp_path)
+    model = load_pretrained(tmp_path)
+    captured = []
+    handle = model.layers[0].self_attn.q_proj.register_forward_hook(lambda m, args, out: captured.append(out))
+    ids = torch.randint(0, 97, (1, 5), generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        with_hook = model(ids).logits
+        handle.remove()
+        without = model(ids).logits
+    assert len(captured) == 1 and captured[0].shape == (1, 5, 32)
+    torch.testing.assert_close(with_hook, without, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_fused_rms_norm_equals_transformers_formula(dtype):
+    from transformers.models.llama.modeling_llama import LlamaRMSNorm
+
+    generator = torch.Generator().manual_seed(4)
+    x = (torch.randn(3, 5, 64, generator=generator) * 3).to(dtype)
+    weight = (1 + 0.1 * torch.randn(64, generator=generator)).to(dtype)
+    ours, reference = RMSNorm(64, 1e-6).to(dtype), LlamaRMSNorm(64, eps=1e-6).to(dtype)
+    with torch.no_grad():
+        ours.weight.copy_(weight)
+        reference.weight.copy_(weight)
+        expected = reference(x)
+        # Half precision: at most one rounding step apart (the kernel may round the product once, not twice).
+        tolerance = {torch.float32: 1e-6, torch.bfloat16: 1.6e-2, torch.float16: 2e-3}[dtype]
+        torch.testing.assert_close(ours(x), expected, atol=tolerance * expected.abs().max().item(), rtol=0)
+        torch.testing.assert_close(rms_norm_reference(x, weight, 1e-6), expected, atol=0, rtol=0)
+
+
+def test_column_major_layout_gives_the_same_logits_and_is_undone_for_half_precision(tmp_path):
+    hf = save_tiny_llama(tmp_path, tie_word_embeddings=True)
+    model = load_pretrained(tmp_path, weight_layout="column_major")
+    assert model.weight_layout == "column_major"
+    for name, param in model.named_parameters():
+        if param.dim() == 2:  # every matrix, the tied embedding/head included
+            assert param.stride(0) == 1 and param.stride(1) != 1, f"{name} is not column-major"
+    ids = torch.randint(0, 97, (3, 6), generator=torch.Generator().manual_seed(6))  # several rows: F.linear path
+    torch.testing.assert_close(model(ids).logits.detach(), hf_logits(hf, ids), atol=1e-4, rtol=0)
+    assert storage_bytes(model) == sum(p.numel() * p.element_size() for p in hf.parameters())
+
+    model.to(torch.bfloat16)  # column-major would be ~15x slower in half precision: back to row-major
+    assert all(p.stride(-1) == 1 for p in model.parameters() if p.dim() == 2)
+    model.to(torch.float32)
+    assert all(p.stride(0) == 1 for p in model.parameters() if p.dim() == 2)
+    model.set_weight_layout("row_major")
+    assert all(p.stride(-1) == 1 for p in model.parameters() if p.dim() == 2)
+    torch.testing.assert_close(model(ids).logits.detach(), hf_logits(hf, ids), atol=2e-2, rtol=0)  # via bf16
+
+
+def test_an_unknown_weight_layout_is_refused_before_loading(tmp_path):
+    save_tiny_llama(tmp_path)
+    with pytest.raises(ValueError, match="weight_layout must be one of"):
+        load_pretrained(tmp_path, weight_layout="transposed")
+    with pytest.raises(ValueError, match="weight_layout must be one of"):
+        load_pretrained(tmp_path).set_weight_layout("col")

@@ -13,6 +13,7 @@ from __future__ import annotations
 import torch
 
 from .dynamic import DynamicCache, DynamicLayer
+from .static import StaticLayer
 
 
 class SlidingWindowLayer(DynamicLayer):
@@ -57,11 +58,17 @@ class SlidingWindowLayer(DynamicLayer):
         return 0 if self.keys is None else self.keys.shape[-2]
 
 
-def cache_for_config(config) -> DynamicCache:
+def cache_for_config(config, max_length: int | None = None) -> DynamicCache:
     """A DynamicCache with a SlidingWindowLayer for each "sliding_attention" layer of `config` (a ModelConfig).
 
-    Models without `layer_types` (LLaMA) get a DynamicLayer everywhere, exactly DynamicCache(num_layers).
+    The other layers are DynamicLayers, or with `max_length` (the most positions the cache will hold, known
+    to the decode loop) preallocated StaticLayers, which write each step in place instead of copying the
+    whole cache (cache/static.py). Models without `layer_types` (LLaMA) have only full-attention layers.
     """
     layer_types = config.layer_types or ["full_attention"] * config.num_hidden_layers
+
+    def full_layer():
+        return DynamicLayer() if max_length is None else StaticLayer(max_length)
+
     return DynamicCache(layers=[SlidingWindowLayer(config.sliding_window) if kind == "sliding_attention"
-                                else DynamicLayer() for kind in layer_types])
+                                else full_layer() for kind in layer_types])

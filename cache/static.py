@@ -16,7 +16,7 @@ from .dynamic import DynamicCache, DynamicLayer
 class StaticLayer(DynamicLayer):
     """One block's cache in fixed buffers; `length` positions are filled.
 
-    reorder / repeat_interleave are DynamicLayer's: they act on the batch dimension, whatever the length.
+    repeat_interleave is DynamicLayer's: it acts on the batch dimension, whatever the length.
     """
 
     def __init__(self, max_length: int) -> None:
@@ -41,6 +41,14 @@ class StaticLayer(DynamicLayer):
 
     def get_seq_length(self) -> int:
         return self.length
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Rows become rows[index] (beam search), for the filled positions only, written back in place."""
+        if self.keys is not None:
+            index = index.to(self.keys.device)
+            filled = slice(0, self.length)
+            self.keys[:, :, filled] = self.keys[:, :, filled].index_select(0, index)
+            self.values[:, :, filled] = self.values[:, :, filled].index_select(0, index)
 
     def crop(self, length: int) -> None:
         self.length = min(self.length, length)  # positions past `length` are simply overwritten later

@@ -85,7 +85,8 @@ def decode_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     """
     B, prompt_length = input_ids.shape
     hidden = needs_hidden_states(steps)  # ask for every layer's hidden state only if a step uses them
-    cache = cache_for_config(model.config)  # sliding-window layers (GPT-OSS) keep only their window
+    # Preallocated for the whole run (written in place each step); sliding-window layers keep only their window.
+    cache = cache_for_config(model.config, max_length=prompt_length + stop.max_new_tokens)
     sequences = input_ids
     reasons = torch.zeros(B, dtype=torch.long, device=input_ids.device)
     out = prefill(model, input_ids, attention_mask, cache, hidden)

@@ -55,7 +55,9 @@ def test_4096_new_tokens_grow_the_cache_exactly_as_the_formula_says(monkeypatch)
                 seen.append((self.get_seq_length(), self.nbytes(), held_bytes(self)))
             return result
 
-    monkeypatch.setattr(generation.loop, "cache_for_config", lambda config: MeasuredCache(config.num_hidden_layers))
+    # generate() preallocates a StaticCache for the run; this test measures the growing DynamicCache instead.
+    monkeypatch.setattr(generation.loop, "cache_for_config",
+                        lambda config, max_length=None: MeasuredCache(config.num_hidden_layers))
     prompt = torch.randint(3, VOCAB, (1, 8), generator=torch.Generator().manual_seed(1))
     out = generate(model, prompt, max_new_tokens=4096, eos_token_id=[])
     assert out.new_tokens.shape == (1, 4096) and out.stop_reasons == ["max_new_tokens"]

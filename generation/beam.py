@@ -60,7 +60,8 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     K, L = num_beams, T + stop.max_new_tokens
     C = max(2, 1 + stop.eos_token_ids.numel()) * K
     hidden = needs_hidden_states(steps)
-    # Preallocated for the whole run; sliding-window layers (GPT-OSS) keep only their window.
+    # A growing cache: reordering beams copies the filled part either way, and a preallocated one measured no
+    # faster here. Sliding-window layers (GPT-OSS) keep only their window.
     cache = cache_for_config(model.config)
     out = prefill(model, input_ids, attention_mask, cache, hidden)  # the prompt once, not once per beam
     cache.repeat_interleave(K)  # then every beam starts from the same cache: rows b*K .. b*K + K - 1

@@ -96,6 +96,9 @@ def build_parser() -> Parser:
     add("--dtype", choices=("float32", "bfloat16", "float16"), help="weights dtype (default: the checkpoint's)")
     add("--device", default="auto", help="cpu, cuda, cuda:1, mps... (default: cuda if available, else cpu)")
     add("--threads", metavar="N", type=int, help="CPU threads for torch (default: torch's choice)")
+    add("--weight-layout", choices=("auto", "row_major", "column_major"), default="auto",
+        help="how float32 CPU weights are stored: column_major makes one-sequence greedy/sampling faster and "
+        "beam search, DoLa, entropy and speculative decoding slower (model/linear.py); auto picks by the options")
     add = parser.add_argument_group("length and randomness").add_argument
     add("--max-new-tokens", metavar="N", type=int, default=256, help="at most this many new tokens (default: 256)")
     add("--seed", metavar="N", type=int, help="seed of the random generator (sampling, entropy random_after); "
@@ -229,6 +232,17 @@ def check_folder(flag: str, path: Path | None) -> None:
         raise UsageError(f"{flag} folder {path} does not exist: give a Hugging Face style folder (config.json, "
                          "*.safetensors, tokenizer files)" + (" or leave out --model for the default model"
                                                               if flag == "--model" else ""))
+
+
+def choose_weight_layout(args: argparse.Namespace) -> str:
+    """--weight-layout auto: column-major (float32 CPU only; elsewhere it changes nothing) when every product of
+    the run has one row: no beams, no early-exit head over several layers, no multi-token verification."""
+    if args.weight_layout != "auto":
+        return args.weight_layout
+    several_rows = ((args.num_beams or 1) > 1 or (args.num_return_sequences or 1) > 1 or args.dola_layers is not None
+                    or args.entropy_decoding is not None or args.draft_model is not None
+                    or args.self_speculative is not None)
+    return "row_major" if several_rows else "column_major"
 
 
 def resolve_device(name: str):
@@ -428,7 +442,7 @@ def load(args, options: dict):
     ids = prompt_ids(tokenizer, args)
     check_prompt_length(len(ids), args.max_new_tokens, config.max_position_embeddings)
     dtype = getattr(torch, args.dtype) if args.dtype else None
-    model = load_pretrained(folder, dtype=dtype, device=device)
+    model = load_pretrained(folder, dtype=dtype, device=device, weight_layout=choose_weight_layout(args))
     draft = load_pretrained(args.draft_model, dtype=dtype, device=device) if args.draft_model else None
     # The chat template ends a turn with the tokenizer's EOS, which a config may not list (Llama-3).
     eos = list(dict.fromkeys(config.eos_token_ids + [t for t in [tokenizer.eos_token_id] if t is not None]))

@@ -124,6 +124,8 @@ CASES = {
     "beam_search": (["--num-beams", "3", "--length-penalty", "0.5", "--early-stopping"],
                     {"num_beams": 3, "length_penalty": 0.5, "early_stopping": True}),
     "dola_transformers": (["--dola-layers", "high", "--dola-variant", "transformers"], {"dola_layers": "high"}),
+    "row_major_layout": (["--weight-layout", "row_major"], {}),
+    "column_major_beams": (["--num-beams", "3", "--weight-layout", "column_major"], {"num_beams": 3}),
 }
 
 
@@ -139,6 +141,17 @@ def test_output_equals_transformers(tiny, cli, capsys, case):
     match = SUMMARY.match(err.strip().splitlines()[-1])
     assert match and match.group(1) == "8" and match.group(2) == "max_new_tokens", err
     assert (match.group(3) is not None) == options.get("do_sample", False)  # the seed is shown when sampling
+
+
+@pytest.mark.parametrize("flags, layout", [
+    ([], "column_major"), (["--do-sample"], "column_major"), (["--num-beams", "2"], "row_major"),
+    (["--dola-layers", "high"], "row_major"), (["--entropy-decoding", "trough"], "row_major"),
+    (["--self-speculative", "4"], "row_major"), (["--num-beams", "2", "--weight-layout", "column_major"], "column_major"),
+])
+def test_auto_weight_layout_is_column_major_only_for_one_row_products(cli, flags, layout):
+    module = sys.modules["generate_cli"]
+    args = module.build_parser().parse_args(["--prompt", "hi", *flags])
+    assert module.choose_weight_layout(args) == layout
 
 
 # ------------------------------------------------------------------- two models, profiles and plots

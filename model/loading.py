@@ -174,7 +174,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     MXFP4 experts are then decoded to the dtype of the other weights (bfloat16 in the GPT-OSS release).
     check_finite scans every tensor for NaN/inf (one pass over the weights).
     weight_layout "column_major" stores float32 CPU matrices transposed: faster batch-1 decoding, slower beam
-    search and batches (model/linear.py); it copies every matrix while loading (about 0.5 s more here).
+    search and batches; "column_major_blocks" all but the head, for DoLa / entropy decoding (model/linear.py).
+    Both copy the matrices while loading (about 0.5 s more here).
     """
     check_weight_layout(weight_layout)
     folder = Path(path)
@@ -191,8 +192,8 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     check_tensors(expected, headers, config.tie_word_embeddings)
     check_dtypes(headers, dtype)
 
-    column_major = {name for name in matrix_names(model) if name in headers
-                    and prefers_column_major(weight_layout, dtype or DTYPES[headers[name][1]], device)}
+    column_major = {name for name, is_head in matrix_names(model).items() if name in headers and
+                    prefers_column_major(weight_layout, dtype or DTYPES[headers[name][1]], device, is_head)}
     state = _read_state(files, name_map, dtype, device, column_major)
     if config.tie_word_embeddings and "lm_head.weight" in state:
         if not torch.equal(state.pop("lm_head.weight"), state["embed_tokens.weight"]):

@@ -47,14 +47,18 @@ CASES = {
     "prefill512": (None, None),
 }
 # Our weight layout per case, as generate.py's --weight-layout auto picks it (model/linear.py): column-major
-# float32 weights when every product has one row, row-major for several rows (beams, early-exit heads, batches).
+# float32 weights when every product has one row, column-major blocks with a row-major head when only the head
+# has several rows (early exits), row-major for several rows everywhere (beams, batches, a long prompt).
 ONE_ROW_CASES = {"greedy", "sampling", "repetition_penalty"}
+EARLY_EXIT_CASES = {"dola_high", "dola_high_paper", "entropy_trough"}
 
 
 def layout_for(case: str, forced: str) -> str:
     if forced != "auto":
         return forced
-    return "column_major" if case in ONE_ROW_CASES else "row_major"
+    if case in ONE_ROW_CASES:
+        return "column_major"
+    return "column_major_blocks" if case in EARLY_EXIT_CASES else "row_major"
 
 
 def peak_rss_reset() -> None:
@@ -147,7 +151,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-transformers", action="store_true", help="time only scratch-lm")
-    parser.add_argument("--weight-layout", choices=("auto", "row_major", "column_major"), default="auto",
+    parser.add_argument("--weight-layout", choices=("auto", "row_major", "column_major", "column_major_blocks"),
+                        default="auto",
                         help="our weight layout (default: per case, as generate.py's auto)")
     parser.add_argument("--gguf", nargs="*", type=Path, default=None, help="GGUF files for llama.cpp")
     args = parser.parse_args()

@@ -96,9 +96,10 @@ def build_parser() -> Parser:
     add("--dtype", choices=("float32", "bfloat16", "float16"), help="weights dtype (default: the checkpoint's)")
     add("--device", default="auto", help="cpu, cuda, cuda:1, mps... (default: cuda if available, else cpu)")
     add("--threads", metavar="N", type=int, help="CPU threads for torch (default: torch's choice)")
-    add("--weight-layout", choices=("auto", "row_major", "column_major"), default="auto",
+    add("--weight-layout", choices=("auto", "row_major", "column_major", "column_major_blocks"), default="auto",
         help="how float32 CPU weights are stored: column_major makes one-sequence greedy/sampling faster and "
-        "beam search, DoLa, entropy and speculative decoding slower (model/linear.py); auto picks by the options")
+        "beam search and speculative decoding slower; column_major_blocks (row-major head) suits DoLa and "
+        "entropy decoding (model/linear.py); auto picks by the options")
     add = parser.add_argument_group("length and randomness").add_argument
     add("--max-new-tokens", metavar="N", type=int, default=256, help="at most this many new tokens (default: 256)")
     add("--seed", metavar="N", type=int, help="seed of the random generator (sampling, entropy random_after); "
@@ -235,14 +236,17 @@ def check_folder(flag: str, path: Path | None) -> None:
 
 
 def choose_weight_layout(args: argparse.Namespace) -> str:
-    """--weight-layout auto: column-major (float32 CPU only; elsewhere it changes nothing) when every product of
-    the run has one row: no beams, no early-exit head over several layers, no multi-token verification."""
+    """--weight-layout auto (float32 CPU only; elsewhere the layout changes nothing): column-major when every
+    product of the run has one row; column-major blocks with a row-major head for DoLa / entropy decoding (one
+    head row per early-exit layer); row-major for beams and speculative verification (several rows everywhere)."""
     if args.weight_layout != "auto":
         return args.weight_layout
-    several_rows = ((args.num_beams or 1) > 1 or (args.num_return_sequences or 1) > 1 or args.dola_layers is not None
-                    or args.entropy_decoding is not None or args.draft_model is not None
-                    or args.self_speculative is not None)
-    return "row_major" if several_rows else "column_major"
+    if ((args.num_beams or 1) > 1 or (args.num_return_sequences or 1) > 1 or args.draft_model is not None
+            or args.self_speculative is not None):
+        return "row_major"
+    if args.dola_layers is not None or args.entropy_decoding is not None:
+        return "column_major_blocks"
+    return "column_major"
 
 
 def resolve_device(name: str):

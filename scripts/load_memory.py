@@ -19,6 +19,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from model import load_pretrained  # noqa: E402
+from model.linear import WEIGHT_LAYOUTS  # noqa: E402
 from model.zoo import default_model_path  # noqa: E402
 
 
@@ -32,8 +33,8 @@ def status_mib(key: str) -> float:
 def main() -> None:
     which = sys.argv[1] if len(sys.argv) > 1 else "ours"
     layout = sys.argv[2] if len(sys.argv) > 2 else "row_major"
-    if which not in ("ours", "transformers") or layout not in ("row_major", "column_major"):
-        sys.exit("usage: load_memory.py [ours [row_major|column_major] | transformers]")
+    if which not in ("ours", "transformers") or layout not in WEIGHT_LAYOUTS:
+        sys.exit(f"usage: load_memory.py [ours [{'|'.join(WEIGHT_LAYOUTS)}] | transformers]")
     path = default_model_path()
     if which == "transformers":
         from transformers import LlamaForCausalLM
@@ -48,7 +49,8 @@ def main() -> None:
     elapsed = time.perf_counter() - start
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     over = status_mib("VmHWM") - start_rss
-    print(f"{which}{' ' + layout if which == 'ours' else ''}: load + first forward {elapsed:.2f} s, weights {weights:.0f} MiB, "
+    name = f"ours {layout}" if which == "ours" else which
+    print(f"{name}: load + first forward {elapsed:.2f} s, weights {weights:.0f} MiB, "
           f"peak RSS over start {over:.0f} MiB = {over / weights:.2f}x the weights")
 
 

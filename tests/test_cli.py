@@ -126,6 +126,8 @@ CASES = {
     "dola_transformers": (["--dola-layers", "high", "--dola-variant", "transformers"], {"dola_layers": "high"}),
     "row_major_layout": (["--weight-layout", "row_major"], {}),
     "column_major_beams": (["--num-beams", "3", "--weight-layout", "column_major"], {"num_beams": 3}),
+    "dola_column_major_blocks": (["--dola-layers", "high", "--dola-variant", "transformers", "--weight-layout",
+                                  "column_major_blocks"], {"dola_layers": "high"}),
 }
 
 
@@ -145,10 +147,11 @@ def test_output_equals_transformers(tiny, cli, capsys, case):
 
 @pytest.mark.parametrize("flags, layout", [
     ([], "column_major"), (["--do-sample"], "column_major"), (["--num-beams", "2"], "row_major"),
-    (["--dola-layers", "high"], "row_major"), (["--entropy-decoding", "trough"], "row_major"),
+    (["--dola-layers", "high"], "column_major_blocks"), (["--entropy-decoding", "trough"], "column_major_blocks"),
+    (["--dola-layers", "high", "--num-beams", "2"], "row_major"),
     (["--self-speculative", "4"], "row_major"), (["--num-beams", "2", "--weight-layout", "column_major"], "column_major"),
 ])
-def test_auto_weight_layout_is_column_major_only_for_one_row_products(cli, flags, layout):
+def test_auto_weight_layout_follows_the_rows_of_the_products(cli, flags, layout):
     module = sys.modules["generate_cli"]
     args = module.build_parser().parse_args(["--prompt", "hi", *flags])
     assert module.choose_weight_layout(args) == layout

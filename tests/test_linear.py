@@ -154,6 +154,20 @@ def test_column_major_layout_gives_the_same_logits_and_is_undone_for_half_precis
     torch.testing.assert_close(model(ids).logits.detach(), hf_logits(hf, ids), atol=2e-2, rtol=0)  # via bf16
 
 
+@pytest.mark.parametrize("tied", [True, False])
+def test_column_major_blocks_keep_the_head_row_major(tmp_path, tied):
+    hf = save_tiny_llama(tmp_path, tie_word_embeddings=tied)
+    model = load_pretrained(tmp_path, weight_layout="column_major_blocks")
+    for name, param in model.named_parameters():
+        if param.dim() == 2:
+            head = name in ("lm_head.weight", "embed_tokens.weight")
+            assert (param.stride(-1) == 1) if head else (param.stride(0) == 1 and param.stride(1) != 1), name
+    ids = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(model(ids).logits.detach(), hf_logits(hf, ids), atol=1e-4, rtol=0)
+    model.set_weight_layout("column_major")  # switching in place reaches the head too
+    assert model.lm_head.weight.stride(0) == 1
+
+
 def test_an_unknown_weight_layout_is_refused_before_loading(tmp_path):
     save_tiny_llama(tmp_path)
     with pytest.raises(ValueError, match="weight_layout must be one of"):

@@ -34,6 +34,9 @@ of layers). It must not draw random numbers except from `ctx.generator`. `ctx` i
                        before the final norm) -- only if some step has `needs_hidden_states = True`;
                        otherwise None and the model is run without them
     ctx.model          the CausalLM: ctx.model.early_exit_logits(ctx.hidden_states, layers) -> (len, B, V)
+    ctx.early_exit_logits  (L, B, V) for a step with `early_exit_layers` (and `early_exit_norm`): the decode
+                       loop has the model head those layers in the same matmul as the final position
+                       (DoLa does); None elsewhere (beam search, scoring), where the step computes them
     ctx.generator      the torch.Generator, ctx.step the index of the token being chosen (0 = first)
     ctx.record(name, value)   append per-step data; it comes back as out.records[name] (a list, one
                               entry per step)

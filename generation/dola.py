@@ -226,13 +226,25 @@ class DoLa:
         layers = dola_candidate_layers(dola_layers, config.num_hidden_layers, config.tie_word_embeddings)
         return cls(tuple(layers), dola_variant, float(alpha))
 
+    @property
+    def early_exit_layers(self) -> tuple[int, ...]:
+        """Asks the decode loop for these layers' logits, computed with the final ones in one head matmul."""
+        return self.layers
+
+    @property
+    def early_exit_norm(self) -> bool:
+        return self.variant == "paper"  # transformers applies lm_head to the raw hidden state, without the norm
+
     def __call__(self, scores: torch.Tensor, ctx) -> torch.Tensor:
-        if self.variant == "paper":
-            premature = ctx.model.early_exit_logits(ctx.hidden_states, self.layers)  # (L, B, V), eq. 2
-            new_scores, chosen, jsd = paper_dola_scores(scores, premature, self.layers, self.alpha)
-        else:  # transformers applies lm_head to the raw hidden state, without the final norm
+        premature = ctx.early_exit_logits  # (L, B, V), eq. 2, when the loop computed them with the final logits
+        if premature is None and self.variant == "paper":
+            premature = ctx.model.early_exit_logits(ctx.hidden_states, self.layers)
+        elif premature is None:
             last = torch.stack([ctx.hidden_states[j][:, -1] for j in self.layers])  # (L, B, H)
-            premature = ctx.model.lm_head(last)  # (L, B, V)
+            premature = ctx.model.lm_head(last)
+        if self.variant == "paper":
+            new_scores, chosen, jsd = paper_dola_scores(scores, premature, self.layers, self.alpha)
+        else:
             new_scores, chosen, jsd = transformers_dola_scores(scores, premature, self.layers, self.alpha)
         ctx.record("dola_premature_layer", chosen)
         ctx.record("dola_jsd", jsd)

@@ -16,24 +16,34 @@ import torch
 
 from cache import DynamicCache, cache_for_config
 
-from .steps import LogitsStep, StepContext, apply_logits_steps, needs_hidden_states
+from .steps import LogitsStep, StepContext, apply_logits_steps, early_exit_request, needs_hidden_states
 from .stopping import STOP_REASONS, StopConditions
 
 
+EarlyExit = tuple[tuple[int, ...], bool]  # (layers, with final norm): see steps.early_exit_request
+
+
 def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: DynamicCache,
-            output_hidden_states: bool = False):
+            output_hidden_states: bool = False, early_exit: EarlyExit | None = None):
     """Run the whole prompt (B, T) once, filling `cache`. Logits (B, 1, V) only for the last position:
     the other positions' predictions are never used, and the vocabulary matmul is the biggest one."""
-    return model(input_ids, attention_mask=attention_mask, cache=cache,
-                 output_hidden_states=output_hidden_states, logits_to_keep=1)
+    return model(input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1,
+                 **_outputs(output_hidden_states, early_exit))
 
 
 def decode_one_token(model, tokens: torch.Tensor, attention_mask: torch.Tensor | None, cache: DynamicCache,
-                     output_hidden_states: bool = False):
+                     output_hidden_states: bool = False, early_exit: EarlyExit | None = None):
     """Feed the newest tokens (B, 1); the cache supplies every earlier key and value.
     attention_mask, when given, covers the cached positions plus this one: (B, past + 1)."""
-    return model(tokens, attention_mask=attention_mask, cache=cache,
-                 output_hidden_states=output_hidden_states, logits_to_keep=1)
+    return model(tokens, attention_mask=attention_mask, cache=cache, logits_to_keep=1,
+                 **_outputs(output_hidden_states, early_exit))
+
+
+def _outputs(output_hidden_states: bool, early_exit: EarlyExit | None) -> dict:
+    if early_exit is None:
+        return {"output_hidden_states": output_hidden_states}
+    layers, norm = early_exit  # the model heads these layers in the same matmul as the final position
+    return {"output_hidden_states": True, "early_exit_layers": layers, "early_exit_norm": norm}
 
 
 def extend_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -85,14 +95,16 @@ def decode_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
     """
     B, prompt_length = input_ids.shape
     hidden = needs_hidden_states(steps)  # ask for every layer's hidden state only if a step uses them
+    early_exit = early_exit_request(steps)  # DoLa: its layers' logits come with the final ones
     # Preallocated for the whole run (written in place each step); sliding-window layers keep only their window.
     cache = cache_for_config(model.config, max_length=prompt_length + stop.max_new_tokens)
     sequences = input_ids
     reasons = torch.zeros(B, dtype=torch.long, device=input_ids.device)
-    out = prefill(model, input_ids, attention_mask, cache, hidden)
+    out = prefill(model, input_ids, attention_mask, cache, hidden, early_exit)
     for step in range(stop.max_new_tokens):
         logits = out.logits[:, -1].float()  # (B, V)
-        ctx = StepContext(sequences, prompt_length, logits, out.hidden_states, model, generator, step, records)
+        ctx = StepContext(sequences, prompt_length, logits, out.hidden_states, model, generator, step, records,
+                          out.early_exit_logits)
         scores = apply_logits_steps(steps, logits, ctx)
         finished = reasons > 0
         stuck = ~finished & ~torch.isfinite(scores).any(dim=-1)  # (B,) running rows with nothing left
@@ -107,7 +119,7 @@ def decode_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         if (reasons > 0).all():
             return
         attention_mask = extend_mask(attention_mask)
-        out = decode_one_token(model, tokens[:, None], attention_mask, cache, hidden)
+        out = decode_one_token(model, tokens[:, None], attention_mask, cache, hidden, early_exit)
 
 
 def reason_names(reasons: torch.Tensor) -> list[str]:

@@ -31,6 +31,9 @@ class StepContext:
     generator: torch.Generator | None  # the only source of randomness a step may use
     step: int  # 0 for the first new token
     records: dict[str, list] = field(default_factory=dict)  # becomes GenerateOutput.records
+    # (L, B, V): the head on the layers a step asked for with `early_exit_layers` (see early_exit_request),
+    # computed by the model together with `logits`; None when the loop did not (then the step computes them).
+    early_exit_logits: torch.Tensor | None = None
 
     def record(self, name: str, value: Any) -> None:
         """Append this step's `value` to output.records[name] (one entry per decode step)."""
@@ -38,6 +41,16 @@ class StepContext:
 
 
 LogitsStep = Callable[[torch.Tensor, StepContext], torch.Tensor]
+
+
+def early_exit_request(steps: Sequence[LogitsStep]) -> tuple[tuple[int, ...], bool] | None:
+    """(layers, with final norm) of the first step declaring `early_exit_layers`: the loop then has the model
+    put those layers through the head in the same matmul as the final position (ctx.early_exit_logits)."""
+    for step in steps:
+        layers = getattr(step, "early_exit_layers", None)
+        if layers:
+            return tuple(layers), bool(getattr(step, "early_exit_norm", True))
+    return None
 
 
 def needs_hidden_states(steps: Sequence[LogitsStep]) -> bool:

@@ -29,6 +29,8 @@ class CausalLMOutput:
     # With output_hidden_states: num_hidden_layers + 1 tensors (B, T_kept, H): the embeddings, then each
     # block's output *before* the final norm. (transformers puts norm(last block) in the last slot instead.)
     hidden_states: tuple[torch.Tensor, ...] | None = None
+    # With early_exit_layers: (L, B, vocab), the head on those layers' last position (see forward).
+    early_exit_logits: torch.Tensor | None = None
 
 
 def default_position_ids(attention_mask: torch.Tensor | None, past_length: int, new_length: int,
@@ -99,13 +101,17 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache=None, output_hidden_states: bool = False,
-                logits_to_keep: int = 0, num_layers: int | None = None) -> CausalLMOutput:
+                logits_to_keep: int = 0, num_layers: int | None = None,
+                early_exit_layers: Sequence[int] = (), early_exit_norm: bool = True) -> CausalLMOutput:
         """input_ids (B, T); attention_mask (B, past + T) with 0 for padding; cache updated in place.
 
         logits_to_keep > 0 computes logits (and keeps hidden states) only for the last that many positions:
         a decode step needs one, and the head is the largest matmul of a small model.
         num_layers runs only the first that many blocks, then the final norm and head: an early exit, as
         self-speculative drafting uses (generation/drafting.py); only those blocks' cache layers grow.
+        early_exit_layers (with logits_to_keep=1): also the head on those layers' last position (after the final
+        norm unless early_exit_norm=False), in the same matmul as the final logits: DoLa needs both every step,
+        and one pass over the 49152 x 576 head for all rows costs little more than for one.
         """
         if num_layers is not None and not 1 <= num_layers <= len(self.layers):
             raise ValueError(f"num_layers must be in [1, {len(self.layers)}] (or None for all), got {num_layers}")
@@ -125,8 +131,20 @@ class CausalLM(nn.Module):
             x = block(x, cos, sin, masks[block.attention_type], cache)
             if hidden_states is not None:
                 hidden_states.append(x[:, keep])
+        if early_exit_layers:
+            return self.logits_with_early_exits(x, hidden_states, early_exit_layers, early_exit_norm, logits_to_keep)
         logits = self.lm_head(self.norm(x[:, keep]))  # (B, T_kept, vocab)
         return CausalLMOutput(logits, tuple(hidden_states) if hidden_states is not None else None)
+
+    def logits_with_early_exits(self, x: torch.Tensor, hidden_states: list[torch.Tensor] | None,
+                                layers: Sequence[int], norm_early: bool, logits_to_keep: int) -> CausalLMOutput:
+        """Final logits (B, 1, V) and early-exit logits (L, B, V) of the last position from one head matmul."""
+        if logits_to_keep != 1 or hidden_states is None:
+            raise ValueError("early_exit_layers needs logits_to_keep=1 and output_hidden_states=True")
+        early = torch.stack([hidden_states[j][:, -1] for j in layers])  # (L, B, H)
+        rows = torch.cat([self.norm(x[:, -1])[None], self.norm(early) if norm_early else early])  # (1 + L, B, H)
+        logits = self.lm_head(rows)  # (1 + L, B, vocab)
+        return CausalLMOutput(logits[0][:, None], tuple(hidden_states), logits[1:])
 
     def sliding_window_mask(self, attention_mask: torch.Tensor | None, new_length: int, cache) -> torch.Tensor:
         """The mask of the "sliding_attention" layers, (B or 1, 1, T, S_kept + T).

@@ -93,8 +93,17 @@ def test_uniform_premature_and_alpha_zero_reproduce_plain_decoding(untied8, monk
     _, ours = untied8
     ids = prompts(batch=2)
     plain = generate(ours, ids, max_new_tokens=10, eos_token_id=[], output_scores=True)
-    # Zero early-exit logits = a uniform q_M: the contrast is log q_N + const, so p_hat = q_N.
+    # Zero early-exit logits = a uniform q_M: the contrast is log q_N + const, so p_hat = q_N. The decode loop
+    # gets them from the forward pass (one head matmul with the final logits); other callers from the model.
     monkeypatch.setattr(ours, "early_exit_logits", lambda hidden, layers: torch.zeros(len(layers), 2, 96))
+    with_early_exits = ours.logits_with_early_exits
+
+    def uniform_early_exits(*args):
+        out = with_early_exits(*args)
+        out.early_exit_logits = torch.zeros_like(out.early_exit_logits)
+        return out
+
+    monkeypatch.setattr(ours, "logits_with_early_exits", uniform_early_exits)
     dola = generate(ours, ids, max_new_tokens=10, eos_token_id=[], output_scores=True,
                     dola_layers=[2], dola_alpha=0.0)
     assert torch.equal(dola.sequences, plain.sequences)

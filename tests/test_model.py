@@ -100,6 +100,24 @@ def test_early_exit_logits_apply_final_norm_and_head(tmp_path):
     assert (early[2] - ref.logits[:, -1]).abs().max() <= 1e-5  # the last layer gives the usual logits
 
 
+@pytest.mark.parametrize("norm", [True, False])
+def test_early_exit_layers_in_the_forward_equal_transformers_heads(tmp_path, norm):
+    """forward(early_exit_layers=...) heads the final and the early rows in one matmul (what DoLa uses)."""
+    hf = save_tiny_llama(tmp_path, num_hidden_layers=3)
+    model = load_pretrained(tmp_path)
+    ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        ref = hf(ids, output_hidden_states=True)
+        out = model(ids, output_hidden_states=True, logits_to_keep=1, early_exit_layers=[1, 2], early_exit_norm=norm)
+        for row, j in enumerate([1, 2]):
+            hidden = ref.hidden_states[j][:, -1]
+            expected = hf.lm_head(hf.model.norm(hidden) if norm else hidden)
+            torch.testing.assert_close(out.early_exit_logits[row], expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(out.logits, ref.logits[:, -1:], atol=1e-5, rtol=0)
+        with pytest.raises(ValueError, match="logits_to_keep=1 and output_hidden_states=True"):
+            model(ids, early_exit_layers=[1])
+
+
 def test_tied_head_shares_the_embedding_matrix(tmp_path):
     save_tiny_llama(tmp_path, tie_word_embeddings=True)
     model = load_pretrained(tmp_path)

@@ -115,6 +115,8 @@ class CausalLM(nn.Module):
         """
         if num_layers is not None and not 1 <= num_layers <= len(self.layers):
             raise ValueError(f"num_layers must be in [1, {len(self.layers)}] (or None for all), got {num_layers}")
+        if early_exit_layers and (logits_to_keep != 1 or not output_hidden_states):
+            raise ValueError("early_exit_layers needs logits_to_keep=1 and output_hidden_states=True")
         B, T = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
@@ -132,15 +134,13 @@ class CausalLM(nn.Module):
             if hidden_states is not None:
                 hidden_states.append(x[:, keep])
         if early_exit_layers:
-            return self.logits_with_early_exits(x, hidden_states, early_exit_layers, early_exit_norm, logits_to_keep)
+            return self.logits_with_early_exits(x, hidden_states, early_exit_layers, early_exit_norm)
         logits = self.lm_head(self.norm(x[:, keep]))  # (B, T_kept, vocab)
         return CausalLMOutput(logits, tuple(hidden_states) if hidden_states is not None else None)
 
-    def logits_with_early_exits(self, x: torch.Tensor, hidden_states: list[torch.Tensor] | None,
-                                layers: Sequence[int], norm_early: bool, logits_to_keep: int) -> CausalLMOutput:
+    def logits_with_early_exits(self, x: torch.Tensor, hidden_states: list[torch.Tensor], layers: Sequence[int],
+                                norm_early: bool) -> CausalLMOutput:
         """Final logits (B, 1, V) and early-exit logits (L, B, V) of the last position from one head matmul."""
-        if logits_to_keep != 1 or hidden_states is None:
-            raise ValueError("early_exit_layers needs logits_to_keep=1 and output_hidden_states=True")
         early = torch.stack([hidden_states[j][:, -1] for j in layers])  # (L, B, H)
         rows = torch.cat([self.norm(x[:, -1])[None], self.norm(early) if norm_early else early])  # (1 + L, B, H)
         logits = self.lm_head(rows)  # (1 + L, B, vocab)

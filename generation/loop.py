@@ -15,7 +15,9 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from cache import DynamicCache, cache_for_config
+from model.causal_lm import CausalLMOutput
 
+from .compiled import CompiledDecoder
 from .steps import LogitsStep, StepContext, apply_logits_steps, early_exit_request, needs_hidden_states
 from .stopping import STOP_REASONS, StopConditions
 
@@ -87,20 +89,23 @@ class GenerateOutput:
 
 def decode_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
                 steps: Sequence[LogitsStep], select: Callable, stop: StopConditions, pad_token_id: int | None,
-                generator: torch.Generator | None, records: dict[str, list]) -> Iterator[DecodeStep]:
+                generator: torch.Generator | None, records: dict[str, list],
+                compile: bool = False) -> Iterator[DecodeStep]:
     """Greedy or sampled decoding of a batch; each row ends on its own and gets pad tokens afterwards.
 
     input_ids (B, T) left-padded prompts; select(scores, generator) -> (B,) tokens. Stops when every row
-    has a stop reason (max_new_tokens is one of them, so the loop always ends).
+    has a stop reason (max_new_tokens is one of them, so the loop always ends). compile=True runs the
+    one-token step compiled (generation/compiled.py); the options check has made sure no step needs more
+    than the final logits then.
     """
     B, prompt_length = input_ids.shape
-    hidden = needs_hidden_states(steps)  # ask for every layer's hidden state only if a step uses them
-    early_exit = early_exit_request(steps)  # DoLa: its layers' logits come with the final ones
-    # Preallocated for the whole run (written in place each step); sliding-window layers keep only their window.
-    cache = cache_for_config(model.config, max_length=prompt_length + stop.max_new_tokens)
+    if compile:
+        run_prompt, run_token = _compiled_runner(model, B, prompt_length + stop.max_new_tokens)
+    else:
+        run_prompt, run_token = _model_runner(model, prompt_length + stop.max_new_tokens, steps)
     sequences = input_ids
     reasons = torch.zeros(B, dtype=torch.long, device=input_ids.device)
-    out = prefill(model, input_ids, attention_mask, cache, hidden, early_exit)
+    out = run_prompt(input_ids, attention_mask)
     for step in range(stop.max_new_tokens):
         logits = out.logits[:, -1].float()  # (B, V)
         ctx = StepContext(sequences, prompt_length, logits, out.hidden_states, model, generator, step, records,
@@ -119,7 +124,36 @@ def decode_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         if (reasons > 0).all():
             return
         attention_mask = extend_mask(attention_mask)
-        out = decode_one_token(model, tokens[:, None], attention_mask, cache, hidden, early_exit)
+        out = run_token(tokens[:, None], attention_mask)
+
+
+def _model_runner(model, max_length: int, steps: Sequence[LogitsStep]):
+    """prefill / decode_one_token through the model's forward, with what the steps ask for."""
+    hidden = needs_hidden_states(steps)  # ask for every layer's hidden state only if a step uses them
+    early_exit = early_exit_request(steps)  # DoLa: its layers' logits come with the final ones
+    # Preallocated for the whole run (written in place each step); sliding-window layers keep only their window.
+    cache = cache_for_config(model.config, max_length=max_length)
+
+    def run_prompt(input_ids, attention_mask):
+        return prefill(model, input_ids, attention_mask, cache, hidden, early_exit)
+
+    def run_token(tokens, attention_mask):
+        return decode_one_token(model, tokens, attention_mask, cache, hidden, early_exit)
+
+    return run_prompt, run_token
+
+
+def _compiled_runner(model, batch_size: int, max_length: int):
+    """The same two calls through CompiledDecoder, which tracks positions and padding itself."""
+    decoder = CompiledDecoder(model, batch_size, max_length)
+
+    def run_prompt(input_ids, attention_mask):
+        return CausalLMOutput(decoder.prefill(input_ids, attention_mask))
+
+    def run_token(tokens, attention_mask):
+        return CausalLMOutput(decoder.decode(tokens))
+
+    return run_prompt, run_token
 
 
 def reason_names(reasons: torch.Tensor) -> list[str]:

@@ -15,7 +15,8 @@ from typing import Any, Sequence
 
 import torch
 
-from .steps import LogitsStep, MinP, NoRepeatNGram, RepetitionPenalty, Temperature, TopK, TopP
+from .compiled import check_compilable
+from .steps import LogitsStep, MinP, NoRepeatNGram, RepetitionPenalty, Temperature, TopK, TopP, needs_hidden_states
 
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
@@ -53,6 +54,7 @@ class GenerationOptions:
     output_scores: bool = False
     generator: torch.Generator | None = None  # sampling draws only from it; None: a freshly seeded one
     logits_steps: Sequence[LogitsStep] = ()  # your own steps, run after the penalties, before the warpers
+    compile: bool = False  # run the one-token step through torch.compile (generation/compiled.py)
 
     def __post_init__(self) -> None:
         self._check_lengths_and_beams()
@@ -125,6 +127,8 @@ class GenerationOptions:
                              f"got {self.logits_steps!r}")
         if not isinstance(self.output_scores, bool):
             raise ValueError(f"output_scores must be True or False, got {self.output_scores!r}")
+        if not isinstance(self.compile, bool):
+            raise ValueError(f"compile must be True or False, got {self.compile!r}")
         self._check_token_id_types()
 
     def _check_token_id_types(self) -> None:
@@ -259,3 +263,16 @@ def _check_attention_mask(attention_mask: Any, input_ids: torch.Tensor) -> None:
                          "put the pad tokens before the prompt (tokenizer padding_side='left')")
     if (attention_mask.sum(-1) == 0).any():
         raise ValueError("a row of attention_mask is all padding: every prompt needs at least one real token")
+
+
+def check_compile_option(options: GenerationOptions, steps: Sequence[LogitsStep], model) -> None:
+    """compile=True runs a fixed graph that returns the final logits of one token per row (generation/compiled.py)."""
+    if not options.compile:
+        return
+    if options.num_beams > 1:
+        raise ValueError("compile=True decodes one sequence per row; beam search (num_beams > 1) reorders the "
+                         "cache every step: leave compile off")
+    if needs_hidden_states(steps):
+        raise ValueError("compile=True returns only the final logits, and a step here reads every layer's hidden "
+                         "state (DoLa, entropy decoding, or one of your logits_steps): leave compile off")
+    check_compilable(model)

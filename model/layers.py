@@ -130,8 +130,10 @@ class Attention(nn.Module):
         if cache is not None:
             # Keys are cached after RoPE, so cached positions never need rotating again.
             k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv, S, d)
+        if k.dtype != q.dtype:  # a cache that keeps keys/values in float32 for a half-precision model
+            q = q.to(k.dtype)
         out = ATTENTION_FUNCTIONS[self.attn_implementation](q, k, v, mask, self.scale, self.sinks)
-        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim)  # (B, T, n_heads * d)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim).to(x.dtype)  # (B, T, n_heads * d)
         return self.o_proj(out)
 
 

@@ -50,7 +50,7 @@ SAMPLING_ONLY = ("temperature", "top_k", "top_p", "min_p")  # shape the distribu
 OPTION_NAMES = ("max_new_tokens", "do_sample", "temperature", "top_k", "top_p", "min_p", "repetition_penalty",
                 "no_repeat_ngram_size", "num_beams", "length_penalty", "early_stopping", "num_return_sequences",
                 "stop_strings", "dola_layers", "dola_variant", "dola_alpha", "entropy_decoding",
-                "entropy_normalize", "entropy_consistency_alpha")  # generate()'s names
+                "entropy_normalize", "entropy_consistency_alpha", "compile")  # generate()'s names
 ROUTING_METRIC = {"entropy": "entropy", "uncertainty": "aleatoric"}  # --strategy -> hybrid's routing_metric
 
 
@@ -126,6 +126,8 @@ def add_decoding_arguments(group) -> None:
     add("--early-stopping", type=early_stopping_type, nargs="?", const=True, metavar="{true,false,never}",
         help="beam search: stop once num_beams hypotheses are finished (alone: true)")
     add("--num-return-sequences", metavar="N", type=int, help="print this many sequences (beam search or sampling)")
+    add("--compile", action="store_true", help="run the one-token step through torch.compile: ~45 s to compile "
+        "(SmolLM2, 2 CPU cores), then faster tokens (generation/compiled.py); pays off for long outputs")
 
 
 def add_layer_arguments(group) -> None:
@@ -187,6 +189,15 @@ def choose_mode(args: argparse.Namespace) -> str:
     for flag, (value, wanted) in needs.items():
         if value is not None and strategy not in wanted.split(" or "):
             raise UsageError(f"{flag} belongs to --strategy {wanted}")
+    if args.compile:  # checked here too, so that the compile notice never precedes an error
+        layer_flag = "--dola-layers" if args.dola_layers is not None else "--entropy-decoding"
+        refusals = [(strategy is not None, f"--strategy {strategy or ''} runs its own loop"),
+                    ((args.num_beams or 1) > 1, "beam search (--num-beams) reorders the cache every step"),
+                    (args.dola_layers is not None or args.entropy_decoding is not None,
+                     f"{layer_flag} reads every layer's hidden state, the compiled step returns only the logits")]
+        for refused, why in refusals:
+            if refused:
+                raise UsageError(f"--compile compiles generate()'s one-token step, and {why}: leave --compile off")
     if strategy == "speculative":
         if (args.draft_model is None) == (args.self_speculative is None):
             raise UsageError("speculative decoding needs one draft: --draft-model PATH or --self-speculative K")
@@ -477,6 +488,9 @@ def run(args: argparse.Namespace) -> int:
     generator = torch.Generator(device=model.device)
     seed = generator.manual_seed(args.seed).initial_seed() if args.seed is not None else generator.seed()
     options["generator"] = generator
+    if args.compile:
+        print("compiling the one-token step after the prompt (about 45 s for SmolLM2 on 2 CPU cores; shorter when "
+              "torch's on-disk cache has it)", file=sys.stderr)
     summary = generate_in_mode(mode, args, model, draft, tokenizer, input_ids, options)
     if args.do_sample or args.entropy_decoding == "random_after":
         summary.seed = seed

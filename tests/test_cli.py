@@ -128,6 +128,7 @@ CASES = {
     "column_major_beams": (["--num-beams", "3", "--weight-layout", "column_major"], {"num_beams": 3}),
     "dola_column_major_blocks": (["--dola-layers", "high", "--dola-variant", "transformers", "--weight-layout",
                                   "column_major_blocks"], {"dola_layers": "high"}),
+    "compiled_step": (["--compile"], {}),
 }
 
 
@@ -290,6 +291,9 @@ BAD_INPUT = [  # (arguments, exit code, a piece of the message)
     (["--prompt", "hi", "--plot", "x.png"], 2, "--plot draws layer records or a profile"),
     (["--prompt", "hi", "--profile", "/no/dir/p.json"], 2, "the folder /no/dir does not exist"),
     (["--prompt", "hi", "--threads", "0"], 2, "--threads must be >= 1"),
+    (["--prompt", "hi", "--compile", "--num-beams", "2"], 2, "beam search (--num-beams) reorders the cache"),
+    (["--prompt", "hi", "--compile", "--dola-layers", "high"], 2, "--dola-layers reads every layer's hidden state"),
+    (["--prompt", "hi", "--compile", "--self-speculative", "1"], 2, "--strategy speculative runs its own loop"),
     (["--prompt", "hi", "--model", broken_checkpoint], 1, "not a readable safetensors file"),
     (["--prompt", "hi", "--model", bad_config], 1, "must be divisible by num_key_value_heads"),
     (["--prompt", "hi", "--model", no_tokenizer], 1, "tokenizer"),
@@ -329,7 +333,7 @@ def test_help_lists_every_option_with_examples():
                  "--num-return-sequences", "--stop", "--dola-layers", "--dola-variant", "--dola-alpha",
                  "--entropy-decoding", "--entropy-normalize", "--entropy-consistency-alpha", "--plot",
                  "--draft-model", "--self-speculative", "--strategy", "--num-draft-tokens", "--threshold",
-                 "--profile", "--threads"]:
+                 "--profile", "--threads", "--compile"]:
         assert re.search(rf"^\s+{flag}\b", result.stdout, flags=re.M), f"{flag} is not listed"
     examples = result.stdout.split("examples:")[1]
     assert examples.count("scripts/generate.py --prompt") >= 5

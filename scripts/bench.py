@@ -35,6 +35,9 @@ BATCH_PROMPTS = ["Hi", "What is the capital of France?", "Tell me about the moon
 # name -> (our generate() options, transformers' generate() options or None when it has no equivalent)
 CASES = {
     "greedy": ({}, {}),
+    # Our one-token step compiled (generation/compiled.py) against transformers' usual generate(); the compile
+    # itself happens in an untimed first call, whose time the table shows next to the case.
+    "greedy_compiled": ({"compile": True}, {}),
     "sampling": ({"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9},
                  {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9}),
     "repetition_penalty": ({"repetition_penalty": 1.2}, {"repetition_penalty": 1.2}),
@@ -49,7 +52,7 @@ CASES = {
 # Our weight layout per case, as generate.py's --weight-layout auto picks it (model/linear.py): column-major
 # float32 weights when every product has one row, column-major blocks with a row-major head when only the head
 # has several rows (early exits), row-major for several rows everywhere (beams, batches, a long prompt).
-ONE_ROW_CASES = {"greedy", "sampling", "repetition_penalty"}
+ONE_ROW_CASES = {"greedy", "greedy_compiled", "sampling", "repetition_penalty"}
 EARLY_EXIT_CASES = {"dola_high", "dola_high_paper", "entropy_trough"}
 
 
@@ -130,6 +133,9 @@ def run_case(case, model, hf, tokenizer, args):
     ids, mask = inputs(tokenizer, case)
     new = args.new_tokens * ids.shape[0]
     ours, theirs, same = [], [], None
+    if ours_opts.get("compile"):
+        first_call, _ = time_ours(model, ids, mask, ours_opts, args.new_tokens)  # compiles the step
+        print(f"# {case}: the first, untimed call (compiling included) took {first_call:.1f} s", flush=True)
     for _ in range(args.repeats):
         t, seq_ours = time_ours(model, ids, mask, ours_opts, args.new_tokens)
         ours.append(t)

@@ -54,6 +54,7 @@ CASES = {
 # has several rows (early exits), row-major for several rows everywhere (beams, batches, a long prompt).
 ONE_ROW_CASES = {"greedy", "greedy_compiled", "sampling", "repetition_penalty"}
 EARLY_EXIT_CASES = {"dola_high", "dola_high_paper", "entropy_trough"}
+DECODE_ONLY_CASES = {"greedy", "greedy_compiled"}  # also print the rate of the one-token steps alone
 
 
 def layout_for(case: str, forced: str) -> str:
@@ -145,7 +146,18 @@ def run_case(case, model, hf, tokenizer, args):
             if not ours_opts.get("do_sample"):
                 same = torch.equal(seq_ours[: seq_hf.shape[0]], seq_hf)
     tps = lambda ts: new / statistics.median(ts) if ts else float("nan")
+    if case in DECODE_ONLY_CASES:
+        print_decode_only_rate(case, model, ids, mask, ours_opts, args, statistics.median(ours))
     return tps(ours), tps(theirs), same
+
+
+def print_decode_only_rate(case, model, ids, mask, options, args, full_run: float) -> None:
+    """Tokens/s of the one-token steps alone (llama.cpp's "eval" rate): the time of a run that makes one token
+    (the prompt's prefill and one step) subtracted. It matters in half precision, whose prefill of a few dozen
+    tokens takes ~0.5 s on an AVX2 CPU (the multi-row bf16/fp16 products are slow there)."""
+    one_token = statistics.median(time_ours(model, ids, mask, options, 1)[0] for _ in range(args.repeats))
+    rate = (args.new_tokens - 1) / (full_run - one_token)
+    print(f"# {case}: decode only {rate:.1f} tok/s (prefill + first token {one_token:.2f} s)", flush=True)
 
 
 def main() -> None:

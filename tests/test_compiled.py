@@ -13,7 +13,7 @@ import pytest
 import torch
 import transformers
 
-from conftest import save_tiny_gpt_oss
+from conftest import save_tiny_gpt_oss, save_tiny_llama
 from generation import generate
 from generation.compiled import SLOT_BUCKET, CompiledDecoder
 from model import load_pretrained
@@ -25,14 +25,9 @@ needs_compiler = pytest.mark.skipif(shutil.which("g++") is None and shutil.which
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory):
-    config = transformers.LlamaConfig(
-        vocab_size=96, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, max_position_embeddings=512, initializer_range=0.2, bos_token_id=1,
-        eos_token_id=2, pad_token_id=PAD)
-    torch.manual_seed(0)
-    hf = transformers.LlamaForCausalLM(config).eval()
     folder = tmp_path_factory.mktemp("tiny_llama")
-    hf.save_pretrained(folder)
+    hf = save_tiny_llama(folder, vocab_size=96, hidden_size=64, intermediate_size=128, max_position_embeddings=512,
+                         initializer_range=0.2, pad_token_id=PAD)
     hf.generation_config.eos_token_id = None  # every row makes all its new tokens, as greedy_with_decoder does
     return hf, load_pretrained(folder), folder
 

@@ -51,10 +51,11 @@ def test_conversion_restacks_in_the_new_dtype(tmp_path):
     assert attn.qkv_proj.is_current([attn.q_proj, attn.k_proj, attn.v_proj])
 
 
-@pytest.mark.parametrize("rows", [1, 2, 4, 9, 32, 33, 100])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [1, 2, 4, 9, 31, 32, 33, 100])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 def test_linear_equals_f_linear_for_any_number_of_rows(rows, dtype):
-    """`linear` switches kernel form for 2-32 rows of float32; the numbers must be F.linear's (to rounding)."""
+    """`linear` switches kernel form for 2-32 rows of float32 and computes half precision in float32 from 32 rows
+    on; the numbers must be F.linear's (to rounding)."""
     generator = torch.Generator().manual_seed(rows)
     weight = torch.randn(48, 20, generator=generator).to(dtype)
     bias = torch.randn(48, generator=generator).to(dtype)

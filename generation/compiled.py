@@ -17,7 +17,7 @@ compiled (once per model, dtype, batch size and slot count in a process, ~45 s f
 inductor's on-disk cache shortens it in later processes). So it pays off for long generations.
 
 Half precision on the CPU: the cache keeps keys and values in float32, because the CPU attention kernel is
-several times slower in bf16/fp16 (measured 300 µs per layer and step against 30-60 µs in float32), and
+several times slower in bf16/fp16 (measured 300 µs per layer and step against 30-100 µs in float32), and
 attention over float32 keys is the more exact of the two.
 """
 

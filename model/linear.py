@@ -28,7 +28,7 @@ with SmolLM2-135M (scripts/bench.py), none changing what is computed beyond floa
 
 4. Half precision with many rows in float32. On a CPU without bf16/fp16 matrix instructions (AVX2 here),
    a bfloat16/float16 product costs the same per row whatever the number of rows: the 3072 x 576 gate/up
-   takes 1.7 ms for 8 rows and 8.5 ms for 40, so a 40-token prompt's prefill takes 0.55 s against 0.14 s in
+   takes 1.7 ms for 8 rows and 8.5 ms for 40, so a 45-token prompt's prefill took 0.55 s against 0.14 s in
    float32. Converting the weight to float32 and multiplying there is 3-6x faster from about 32 rows on
    (including the conversion), so `linear` does that, and rounds the result back to the input's dtype.
 """

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
 import warnings
@@ -218,10 +219,11 @@ def choose_mode(args: argparse.Namespace) -> str:
 
 
 def as_flags(message: str) -> str:
-    """Name options as the command line does: "top_p must be ..." -> "--top-p must be ..."."""
+    """Name options as the command line does: "top_p must be ..." -> "--top-p must be ...".
+    Whole words only: "compile" becomes "--compile", "compiled" stays."""
     for name in OPTION_NAMES:
         flag = "--" + name.replace("_", "-")
-        message = message.replace(f"{name}=True", flag).replace(name, flag)
+        message = re.sub(rf"(?<![-\w]){name}(=True)?\b", flag, message)
     return message
 
 
@@ -489,6 +491,12 @@ def run(args: argparse.Namespace) -> int:
     seed = generator.manual_seed(args.seed).initial_seed() if args.seed is not None else generator.seed()
     options["generator"] = generator
     if args.compile:
+        from generation.compiled import check_compilable
+
+        try:
+            check_compilable(model)  # the model and a C++ compiler; the options were checked in choose_mode
+        except ValueError as err:
+            raise UsageError(as_flags(str(err))) from None
         print("compiling the one-token step after the prompt (about 45 s for SmolLM2 on 2 CPU cores; shorter when "
               "torch's on-disk cache has it)", file=sys.stderr)
     summary = generate_in_mode(mode, args, model, draft, tokenizer, input_ids, options)

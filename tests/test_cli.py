@@ -315,6 +315,14 @@ def test_bad_input_is_one_line_on_stderr(tiny, cli, capsys, tmp_path, args, code
     assert len(lines) == 1 and lines[0].startswith("error: ") and message in lines[0], err
 
 
+def test_compile_without_a_cpp_compiler_is_one_line_naming_the_flag(tiny, cli, capsys, monkeypatch):
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    code, out, err = run_main(cli, capsys, "--model", str(tiny[0]), "--prompt", "hi", "--compile")
+    assert code == 2 and out == ""
+    assert err.splitlines() == ["error: --compile on the CPU needs a C++ compiler (the compiled step is generated C++ "
+                                "code): install g++ or leave --compile off"]
+
+
 @pytest.mark.parametrize("index", [1, 13, -3])  # a missing folder, a bad value, a broken checkpoint
 def test_bad_input_in_a_real_process_has_no_traceback(tiny, tmp_path, index):
     args, code, message = BAD_INPUT[index]

@@ -176,27 +176,34 @@ def paper_dola_scores(final_logits: torch.Tensor, premature_logits: torch.Tensor
 
 def transformers_dola_scores(final_logits: torch.Tensor, premature_logits: torch.Tensor, layers: Sequence[int],
                              alpha: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """transformers 4.55.2 `_dola_select_contrast` + `_relative_top_filter`, op for op.
+    """transformers 4.55.2 `_dola_select_contrast` + `_relative_top_filter`: the same formulas and choices.
 
     premature (L, B, V) = lm_head(h_j) *without* the final norm. Its score is 0.5 * (KL(m || q_N) +
     KL(m || q_j)) with `F.kl_div(log q, m)` = m (log m - log q), *mean* over the vocabulary and then over
     the batch: one layer for all rows. Returns (scores (B, V), layer (B,), per-row scores (B, L)).
+
+    transformers calls F.kl_div twice, which computes m log m twice with `xlogy` (1.4 ms per call over 8 x 49152
+    here, half of DoLa's extra time per token); the sums below are the same, regrouped as
+    KL(m || q) = sum m log m - sum m log q, with m log m computed once (equal up to float rounding; the
+    tests check transformers' tokens).
     """
     final_logits = final_logits.float()
-    B = final_logits.shape[0]
+    B, V = final_logits.shape
+    final_lp = final_logits.log_softmax(dim=-1)  # (B, V)
     if len(layers) == 1:  # transformers skips the score when there is nothing to choose
         index, score = 0, torch.zeros(B, 1, device=final_logits.device)
+        premature_lp = premature_logits[0].log_softmax(dim=-1)
     else:
-        mature = F.softmax(final_logits, dim=-1)  # (B, V)
-        premature = F.softmax(premature_logits, dim=-1)  # (L, B, V)
-        average = 0.5 * (mature[None, :, :] + premature)  # (L, B, V)
-        kl1 = F.kl_div(F.log_softmax(final_logits, dim=-1)[None, :, :], average, reduction="none").mean(-1)
-        kl2 = F.kl_div(F.log_softmax(premature_logits, dim=-1), average, reduction="none").mean(-1)
+        # The premature logits stay in the model's dtype, as in transformers (float32 only for the final ones).
+        premature_lps = premature_logits.log_softmax(dim=-1)  # (L, B, V)
+        average = 0.5 * (F.softmax(final_logits, dim=-1)[None] + F.softmax(premature_logits, dim=-1))  # float32
+        average_log_average = _sum_p_log_p(average, average.log())  # (L, B) sum m log m, with 0 log 0 = 0
+        kl1 = (average_log_average - torch.einsum("lbv,bv->lb", average, final_lp)) / V  # mean of KL(m || q_N)
+        kl2 = (average_log_average - torch.einsum("lbv,lbv->lb", average, premature_lps.float())) / V  # KL(m||q_j)
         score = 0.5 * (kl1 + kl2)  # (L, B)
         index = int(score.mean(-1).argmax().item())
         score = score.T  # (B, L)
-    final_lp = final_logits.log_softmax(dim=-1)
-    premature_lp = premature_logits[index].log_softmax(dim=-1)
+        premature_lp = premature_lps[index]
     chosen = torch.full((B,), layers[index], dtype=torch.long, device=final_logits.device)
     return dola_contrast(final_lp, premature_lp, alpha), chosen, score
 

@@ -137,12 +137,17 @@ def test_paper_contrast_is_log_ratio_on_v_head():
     assert layer.tolist() == [7]
 
 
-# ---------------------------------------------------------------------- transformers variant, op for op
+# ---------------------------------------------------------------------- transformers variant, same choices
 
-@pytest.mark.parametrize("num_layers", [1, 3])
-def test_transformers_variant_equals_transformers_select_contrast(num_layers):
+@pytest.mark.parametrize("num_layers, spread, dtype", [(1, 3, torch.float32), (3, 3, torch.float32),
+                                                       (8, 3, torch.float32), (8, 3, torch.bfloat16),
+                                                       (5, 80, torch.float32)])
+def test_transformers_variant_equals_transformers_select_contrast(num_layers, spread, dtype):
+    """Including premature logits in bfloat16 (a half-precision model) and a spread so wide that softmax
+    underflows to exact zeros (transformers' xlogy takes 0 log 0 = 0 there)."""
     g = torch.Generator().manual_seed(3)
-    final, premature = 3 * torch.randn(4, 64, generator=g), 3 * torch.randn(num_layers, 4, 64, generator=g)
+    final = spread * torch.randn(4, 64, generator=g)
+    premature = (spread * torch.randn(num_layers, 4, 64, generator=g)).to(dtype)
     layers = [2 * i for i in range(num_layers)]
     ours, chosen, _ = transformers_dola_scores(final, premature, layers)
     reference = _dola_select_contrast(layers, dict(zip(layers, premature)), final.clone())

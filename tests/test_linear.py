@@ -169,6 +169,42 @@ def test_column_major_blocks_keep_the_head_row_major(tmp_path, tied):
     assert model.lm_head.weight.stride(0) == 1
 
 
+@pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the packed head needs oneDNN")
+def test_packed_head_gives_transformers_early_exit_logits_and_notices_a_changed_weight(tmp_path):
+    """column_major_blocks packs the head for oneDNN (point 5): early-exit logits (8 layers' rows and the final
+    one in one product) equal transformers' head on its hidden states; an in-place edit of the (tied) head or a
+    replaced weight makes the stale packed copy step aside."""
+    hf = save_tiny_llama(tmp_path, tie_word_embeddings=True, num_hidden_layers=8, initializer_range=0.2)
+    model = load_pretrained(tmp_path, weight_layout="column_major_blocks")
+    assert model.lm_head.packed is not None
+    ids = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(8))
+    layers = list(range(8))
+
+    def check():
+        with torch.no_grad():
+            out = model(ids, output_hidden_states=True, logits_to_keep=1, early_exit_layers=layers,
+                        early_exit_norm=False)
+            hidden = hf(ids, output_hidden_states=True).hidden_states  # transformers: the same un-normed states
+            expected = torch.stack([hf.lm_head(hidden[j][:, -1]) for j in layers])
+            torch.testing.assert_close(out.early_exit_logits, expected, atol=1e-4, rtol=0)
+            torch.testing.assert_close(out.logits, hf(ids).logits[:, -1:], atol=1e-4, rtol=0)
+
+    check()
+    with torch.no_grad():
+        model.embed_tokens.weight[5] += 1.0  # the tied head, edited in place: the packed copy is stale now
+        hf.model.embed_tokens.weight[5] += 1.0
+    check()
+    assert not model.lm_head.packed.is_current(model.lm_head.weight)
+    model.set_weight_layout("column_major_blocks")  # re-packs what changed
+    assert model.lm_head.packed.is_current(model.lm_head.weight)
+    check()
+    model.set_weight_layout("row_major")
+    assert model.lm_head.packed is None
+    model.set_weight_layout("column_major_blocks")
+    model.to(torch.bfloat16)  # only float32 is packed
+    assert model.lm_head.packed is None
+
+
 def test_an_unknown_weight_layout_is_refused_before_loading(tmp_path):
     save_tiny_llama(tmp_path)
     with pytest.raises(ValueError, match="weight_layout must be one of"):

@@ -3,5 +3,6 @@
 from .causal_lm import CausalLM, CausalLMOutput
 from .config import ConfigError, ModelConfig
 from .loading import CheckpointError, load_pretrained
+from .quantize import quantize_int8
 
-__all__ = ["CausalLM", "CausalLMOutput", "ConfigError", "ModelConfig", "CheckpointError", "load_pretrained"]
+__all__ = ["CausalLM", "CausalLMOutput", "ConfigError", "ModelConfig", "CheckpointError", "load_pretrained", "quantize_int8"]

@@ -52,6 +52,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .quantize import Int8Linear, int8_linear
+
 FEW_ROWS = (2, 32)  # the rows for which (W @ x^T)^T beat F.linear in float32 on the CPU, inclusive
 HALF_UPCAST_ROWS = 32  # from this many rows on, a bf16/fp16 CPU product runs in float32 (point 4)
 WEIGHT_LAYOUTS = ("row_major", "column_major", "column_major_blocks")
@@ -169,6 +171,11 @@ class StackedLinear:
         if self.bias is not None:
             for module, part in zip(linears, self.bias.split(self.sizes)):
                 module.bias = nn.Parameter(part, requires_grad=module.bias.requires_grad)
+        self.scale = None  # int8 linears (model/quantize.py): their per-row scales, stacked the same way
+        if all(isinstance(module, Int8Linear) for module in linears):
+            self.scale = torch.cat([module.scale for module in linears])
+            for module, part in zip(linears, self.scale.split(self.sizes)):
+                module.scale = part
         self.column_major = column_major
         self._pointers = self._current_pointers(linears)
         # What is_current compares on every call: each linear's parameters and weight address as made here.
@@ -201,6 +208,8 @@ class StackedLinear:
         return True
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale is not None:
+            return int8_linear(x, self.weight, self.scale, self.bias)
         return linear(x, self.weight, self.bias)
 
 

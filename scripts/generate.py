@@ -99,8 +99,11 @@ def build_parser() -> Parser:
     add("--threads", metavar="N", type=int, help="CPU threads for torch (default: torch's choice)")
     add("--weight-layout", choices=("auto", "row_major", "column_major", "column_major_blocks"), default="auto",
         help="how float32 CPU weights are stored: column_major makes one-sequence greedy/sampling faster and "
-        "beam search and speculative decoding slower; column_major_blocks (row-major head) suits DoLa and "
-        "entropy decoding (model/linear.py); auto picks by the options")
+        "beam search and speculative decoding slower; column_major_blocks (row-major head, packed for oneDNN) "
+        "suits DoLa and entropy decoding (model/linear.py); auto picks by the options")
+    add("--int8", action="store_true", help="weight-only int8: every matrix as int8 with a scale per row, half the "
+        "bytes of bf16 (model/quantize.py); activations in --dtype, bfloat16 unless given (the CPU int8 kernel "
+        "is fast only with bfloat16); fastest with --compile")
     add = parser.add_argument_group("length and randomness").add_argument
     add("--max-new-tokens", metavar="N", type=int, default=256, help="at most this many new tokens (default: 256)")
     add("--seed", metavar="N", type=int, help="seed of the random generator (sampling, entropy random_after); "
@@ -446,6 +449,7 @@ def load(args, options: dict):
     import torch
 
     from model import ModelConfig, load_pretrained
+    from model.quantize import quantize_int8
     from model.zoo import ensure_default_model
     from tokenizer import load_tokenizer
 
@@ -455,11 +459,15 @@ def load(args, options: dict):
     if args.self_speculative is not None and not 1 <= args.self_speculative < config.num_hidden_layers:
         raise UsageError(f"--self-speculative {args.self_speculative}: K must be in 1..{config.num_hidden_layers - 1}"
                          f" (the model has {config.num_hidden_layers} layers)")
+    if args.int8 and config.model_type == "gpt_oss":
+        raise UsageError("--int8 supports LLaMA-style models; GPT-OSS keeps its MXFP4 experts: leave --int8 off")
     tokenizer = load_tokenizer(folder)
     ids = prompt_ids(tokenizer, args)
     check_prompt_length(len(ids), args.max_new_tokens, config.max_position_embeddings)
-    dtype = getattr(torch, args.dtype) if args.dtype else None
+    dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.int8 else None)
     model = load_pretrained(folder, dtype=dtype, device=device, weight_layout=choose_weight_layout(args))
+    if args.int8:
+        quantize_int8(model)
     draft = load_pretrained(args.draft_model, dtype=dtype, device=device) if args.draft_model else None
     # The chat template ends a turn with the tokenizer's EOS, which a config may not list (Llama-3).
     eos = list(dict.fromkeys(config.eos_token_ids + [t for t in [tokenizer.eos_token_id] if t is not None]))

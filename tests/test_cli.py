@@ -9,6 +9,7 @@ would show: --help, some bad inputs, Ctrl-C, and one end-to-end run on the defau
 
 from __future__ import annotations
 
+import copy
 import importlib.util
 import json
 import os
@@ -25,7 +26,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import default_model_dir, save_tiny_llama
+from conftest import default_model_dir, save_tiny_gpt_oss, save_tiny_llama
 
 transformers = pytest.importorskip("transformers")
 
@@ -146,6 +147,24 @@ def test_output_equals_transformers(tiny, cli, capsys, case):
     assert (match.group(3) is not None) == options.get("do_sample", False)  # the seed is shown when sampling
 
 
+def test_int8_output_equals_transformers_on_the_dequantized_weights(tiny, cli, capsys):
+    """--int8 --dtype float32: the int8 weights multiplied in float32, against transformers given the same weights
+    (scale * q from model/quantize.py's rounding, dequantized here in float64)."""
+    from model.quantize import quantize_int8_rows
+
+    reference = copy.deepcopy(tiny[1])
+    with torch.no_grad():
+        for module in reference.modules():
+            if isinstance(module, torch.nn.Linear):
+                q, scale = quantize_int8_rows(module.weight)
+                module.weight.copy_(q.double() * scale.double()[:, None])
+    expected, _ = hf_generate(tiny, "Tell me a story.", model=reference, max_new_tokens=8)
+    code, out, err = run_main(cli, capsys, "--model", str(tiny[0]), "--device", "cpu", "--prompt", "Tell me a story.",
+                              "--max-new-tokens", "8", "--int8", "--dtype", "float32")
+    assert code == 0, err
+    assert out == expected[0] + "\n"
+
+
 @pytest.mark.parametrize("flags, layout", [
     ([], "column_major"), (["--do-sample"], "column_major"), (["--num-beams", "2"], "row_major"),
     (["--dola-layers", "high"], "column_major_blocks"), (["--entropy-decoding", "trough"], "column_major_blocks"),
@@ -248,6 +267,11 @@ def bad_config(tiny, tmp_path) -> Path:
     return folder
 
 
+def gpt_oss(tiny, tmp_path) -> Path:
+    save_tiny_gpt_oss(tmp_path / "gpt_oss")
+    return tmp_path / "gpt_oss"
+
+
 def no_tokenizer(tiny, tmp_path) -> Path:
     folder = tmp_path / "no_tokenizer"
     shutil.copytree(tiny[0], folder)
@@ -297,6 +321,7 @@ BAD_INPUT = [  # (arguments, exit code, a piece of the message)
     (["--prompt", "hi", "--model", broken_checkpoint], 1, "not a readable safetensors file"),
     (["--prompt", "hi", "--model", bad_config], 1, "must be divisible by num_key_value_heads"),
     (["--prompt", "hi", "--model", no_tokenizer], 1, "tokenizer"),
+    (["--prompt", "hi", "--model", gpt_oss, "--int8"], 2, "--int8 supports LLaMA-style models"),
 ]
 
 
@@ -323,7 +348,7 @@ def test_compile_without_a_cpp_compiler_is_one_line_naming_the_flag(tiny, cli, c
                                 "code): install g++ or leave --compile off"]
 
 
-@pytest.mark.parametrize("index", [1, 13, -3])  # a missing folder, a bad value, a broken checkpoint
+@pytest.mark.parametrize("index", [1, 13, -4])  # a missing folder, a bad value, a broken checkpoint
 def test_bad_input_in_a_real_process_has_no_traceback(tiny, tmp_path, index):
     args, code, message = BAD_INPUT[index]
     result = run_process(*arguments(args, tiny, tmp_path))
@@ -341,7 +366,7 @@ def test_help_lists_every_option_with_examples():
                  "--num-return-sequences", "--stop", "--dola-layers", "--dola-variant", "--dola-alpha",
                  "--entropy-decoding", "--entropy-normalize", "--entropy-consistency-alpha", "--plot",
                  "--draft-model", "--self-speculative", "--strategy", "--num-draft-tokens", "--threshold",
-                 "--profile", "--threads", "--compile"]:
+                 "--profile", "--threads", "--compile", "--int8"]:
         assert re.search(rf"^\s+{flag}\b", result.stdout, flags=re.M), f"{flag} is not listed"
     examples = result.stdout.split("examples:")[1]
     assert examples.count("scripts/generate.py --prompt") >= 5

@@ -165,3 +165,24 @@ def test_a_hooked_projection_still_fires_in_the_fixed_slot_step(models):
     finally:
         handle.remove()
     assert [c.shape[1] for c in captured] == [3, 1, 1]  # the prompt, then one token per step
+
+
+@needs_compiler
+def test_int8_model_compiled_step_equals_its_eager_step(models):
+    """Weight-only int8 with bf16 activations (model/quantize.py) through the compiled step: the int8 kernel
+    inside the graph gives the eager step's logits (the eager int8 model is checked against transformers in
+    tests/test_quantize.py), within bf16 rounding."""
+    from model import quantize_int8
+
+    _, _, folder = models
+    int8 = quantize_int8(load_pretrained(folder, dtype=torch.bfloat16))
+    ids, mask = padded_batch(7, (5, 7))
+    following = torch.tensor([[7], [8]])
+    results = []
+    for compile in (False, True):
+        decoder = CompiledDecoder(int8, 2, 9, compile=compile)
+        with torch.inference_mode():
+            decoder.prefill(ids, mask)
+            results.append(decoder.decode(following).float())
+    eager, compiled = results
+    torch.testing.assert_close(compiled, eager, atol=0.02 * eager.abs().max().item(), rtol=0)

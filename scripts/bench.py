@@ -6,8 +6,10 @@
 Each case alternates ours and transformers' run on the same chat prompt and prints the median tokens/s of
 `--repeats` runs, the ratio ours / transformers, and the peak resident memory of the process during the case.
 "floor" is the time to stream every weight once through a matrix-vector product on this machine, as
-tokens/s: no decoder that reads all its weights per token can beat it. When `llama-cpp-python` is installed,
-llama.cpp is timed on the GGUF files given with --gguf (the package's Q4_1 file by default).
+tokens/s: no decoder that reads all its weights per token can beat it. The dtype "int8" is weight-only int8
+(model/quantize.py) with bfloat16 activations, next to transformers in bfloat16. When `llama-cpp-python` is
+installed, llama.cpp is timed on the GGUF files given with --gguf (the package's Q4_1 file by default;
+scripts/gguf_requantize.py writes F32, F16 and Q8_0 files of the same weights).
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from generation import generate  # noqa: E402
-from model import load_pretrained  # noqa: E402
+from model import load_pretrained, quantize_int8  # noqa: E402
+from model.quantize import Int8Linear  # noqa: E402
 from model.zoo import default_model_path  # noqa: E402
 
 PROMPT = "Write a long story about a robot who learns to paint, with many details."
@@ -81,14 +84,15 @@ def peak_rss_mib() -> float:
 
 
 def weight_floor_tokens_per_s(model: torch.nn.Module, repeats: int = 3) -> float:
-    """1 / (time to multiply one vector by every weight matrix once)."""
-    mats = [m.weight for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    """1 / (time to multiply one vector by every weight matrix once), each through its module's own product."""
+    mats = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
     times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        for w in mats:
-            torch.nn.functional.linear(torch.ones(1, w.shape[1], dtype=w.dtype), w)
-        times.append(time.perf_counter() - start)
+    with torch.inference_mode():
+        for _ in range(repeats):
+            start = time.perf_counter()
+            for module in mats:
+                module(torch.ones(1, module.in_features, dtype=model.dtype))
+            times.append(time.perf_counter() - start)
     return 1.0 / min(times)
 
 
@@ -163,7 +167,10 @@ def print_decode_only_rate(case, model, ids, mask, options, args, full_run: floa
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", type=Path, default=None, help="model folder (default: SmolLM2-135M-Instruct)")
-    parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16", "float16"])
+    parser.add_argument("--dtypes", nargs="*", default=["float32", "bfloat16", "float16", "int8"],
+                        choices=["float32", "bfloat16", "float16", "int8"],
+                        help="int8: weight-only int8 with bfloat16 activations (transformers runs bfloat16); "
+                        "none: only llama.cpp")
     parser.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=3)
@@ -174,6 +181,9 @@ def main() -> None:
                         help="our weight layout (default: per case, as generate.py's auto)")
     parser.add_argument("--gguf", nargs="*", type=Path, default=None, help="GGUF files for llama.cpp")
     args = parser.parse_args()
+    for gguf in args.gguf or []:
+        if not gguf.is_file():
+            parser.error(f"--gguf {gguf}: no such file (scripts/gguf_requantize.py writes F32/F16/Q8_0 ones)")
     torch.set_num_threads(args.threads)
     from tokenizer import load_tokenizer
 
@@ -184,8 +194,10 @@ def main() -> None:
     print("| dtype | case | our layout | scratch-lm tok/s | transformers tok/s | ratio | same tokens | peak RSS MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for dtype_name in args.dtypes:
-        dtype = getattr(torch, dtype_name)
+        dtype = torch.bfloat16 if dtype_name == "int8" else getattr(torch, dtype_name)
         model = load_pretrained(path, dtype=dtype)
+        if dtype_name == "int8":
+            quantize_int8(model)
         hf = None
         if not args.no_transformers:
             from transformers import LlamaForCausalLM
@@ -223,16 +235,28 @@ def bench_llama_cpp(args) -> None:
     from llama_cpp import Llama
 
     from model.zoo import DEFAULT_MODEL, get_model, locate_gguf
+    from tokenizer import load_tokenizer
 
+    ids = inputs(load_tokenizer(args.model or default_model_path()), "greedy")[0][0].tolist()  # the same chat prompt
     files = args.gguf or [locate_gguf(get_model(DEFAULT_MODEL))]
     for gguf in files:
         llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
-        times = []
-        for _ in range(args.repeats):
+
+        def greedy(new_tokens: int) -> float:
+            """Seconds for the prompt and new_tokens greedy tokens (EOS ignored, like the other cases)."""
+            llm.reset()
             start = time.perf_counter()
-            out = llm.create_completion(PROMPT, max_tokens=args.new_tokens, temperature=0.0)
-            times.append(out["usage"]["completion_tokens"] / (time.perf_counter() - start))
-        print(f"| llama.cpp | {Path(gguf).name} greedy | | {statistics.median(times):.1f} | | | | |")
+            for made, _ in enumerate(llm.generate(ids, temp=0.0, reset=True), start=1):
+                if made == new_tokens:
+                    break
+            return time.perf_counter() - start
+
+        greedy(2)  # warm-up
+        full = statistics.median(greedy(args.new_tokens) for _ in range(args.repeats))
+        one = statistics.median(greedy(1) for _ in range(args.repeats))
+        print(f"| llama.cpp | {Path(gguf).name} greedy | | {args.new_tokens / full:.1f} | | | | |")
+        print(f"# llama.cpp {Path(gguf).name}: decode only {(args.new_tokens - 1) / (full - one):.1f} tok/s "
+              f"(prefill + first token {one:.2f} s)", flush=True)
 
 
 if __name__ == "__main__":

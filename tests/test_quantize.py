@@ -38,7 +38,7 @@ def test_rows_are_rounded_to_within_half_a_step_of_their_own_scale():
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32, torch.float16])
-@pytest.mark.parametrize("rows", [1, 4, INT8_KERNEL_ROWS - 1, INT8_KERNEL_ROWS, 45])
+@pytest.mark.parametrize("rows", [1, 4, 45, INT8_KERNEL_ROWS - 1, INT8_KERNEL_ROWS, 100])
 def test_int8_linear_multiplies_by_the_dequantized_matrix(dtype, rows):
     """Both sides of the kernel switch (the int8 kernel below INT8_KERNEL_ROWS bf16 rows, else the dequantized
     product), against float64; the tolerance is the output dtype's rounding."""

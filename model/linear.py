@@ -124,6 +124,16 @@ class PackedWeight:
         """Same Parameter, same memory, no in-place change since packing (the version counter counts those)."""
         return weight is self.source() and weight.data_ptr() == self.pointer and weight._version == self.version
 
+    def __deepcopy__(self, memo) -> "PackedWeight | None":
+        # The packed tensor is opaque (no storage to copy): pack the copied weight again, or leave none (the
+        # copy then runs the plain product until its next arrange_weights, e.g. set_weight_layout or .to()).
+        source = self.source()
+        copied = memo.get(id(source)) if source is not None else None
+        return PackedWeight(copied) if copied is not None else None
+
+    def __reduce__(self):
+        return type(None), ()  # pickled (torch.save of a whole model) as None, for the same reason
+
     def __call__(self, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         rows = x.reshape(-1, x.shape[-1])  # (rows, in)
         out = torch.ops.mkldnn._linear_pointwise(rows, self.packed, bias, "none", [None], "")  # (rows, out)

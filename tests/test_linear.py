@@ -6,6 +6,8 @@ when a weight is replaced or a hook is watching, re-stacked after every dtype ch
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -198,6 +200,10 @@ def test_packed_head_gives_transformers_early_exit_logits_and_notices_a_changed_
     model.set_weight_layout("column_major_blocks")  # re-packs what changed
     assert model.lm_head.packed.is_current(model.lm_head.weight)
     check()
+    copied = copy.deepcopy(model)  # the opaque packed tensor cannot be copied: the copy packs its own weight
+    assert copied.lm_head.packed.is_current(copied.lm_head.weight)
+    with torch.no_grad():
+        torch.testing.assert_close(copied(ids).logits, model(ids).logits, atol=1e-5, rtol=0)
     model.set_weight_layout("row_major")
     assert model.lm_head.packed is None
     model.set_weight_layout("column_major_blocks")

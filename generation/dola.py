@@ -176,7 +176,7 @@ def paper_dola_scores(final_logits: torch.Tensor, premature_logits: torch.Tensor
 
 def transformers_dola_scores(final_logits: torch.Tensor, premature_logits: torch.Tensor, layers: Sequence[int],
                              alpha: float = 0.1) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """transformers 4.55.2 `_dola_select_contrast` + `_relative_top_filter`: the same formulas and choices.
+    """transformers 4.55.2 `_dola_select_contrast` + `_relative_top_filter`: the same formulas.
 
     premature (L, B, V) = lm_head(h_j) *without* the final norm. Its score is 0.5 * (KL(m || q_N) +
     KL(m || q_j)) with `F.kl_div(log q, m)` = m (log m - log q), *mean* over the vocabulary and then over
@@ -184,8 +184,9 @@ def transformers_dola_scores(final_logits: torch.Tensor, premature_logits: torch
 
     transformers calls F.kl_div twice, which computes m log m twice with `xlogy` (1.4 ms per call over 8 x 49152
     here, half of DoLa's extra time per token); the sums below are the same, regrouped as
-    KL(m || q) = sum m log m - sum m log q, with m log m computed once (equal up to float rounding; the
-    tests check transformers' tokens).
+    KL(m || q) = sum m log m - sum m log q, with m log m computed once: the same scores up to float rounding,
+    so the same layer unless two layers' scores tie within it (tests/test_dola.py compares the output with
+    transformers' function bit for bit; the generate tests compare tokens).
     """
     final_logits = final_logits.float()
     B, V = final_logits.shape

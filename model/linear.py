@@ -39,7 +39,8 @@ with SmolLM2-135M (scripts/bench.py), none changing what is computed beyond floa
    (column-major: 5.5). The packed tensor is opaque, so it is a *copy* (+113 MB for SmolLM2's head in float32):
    only the "column_major_blocks" layout makes one, for the head. `PackedWeight` remembers which weight it
    copied and that weight's version counter, so a replaced or in-place-edited weight is noticed and the plain
-   product runs instead of a stale copy.
+   product runs instead of a stale copy. An edit through `weight.data` bypasses the version counter: after one,
+   call `model.set_weight_layout(...)` again to re-pack. Gradients and torch.compile use the plain product.
 """
 
 from __future__ import annotations
@@ -141,8 +142,9 @@ class PackedWeight:
 
 
 def can_pack(weight: torch.Tensor) -> bool:
-    return (weight.dtype == torch.float32 and weight.device.type == "cpu" and torch.backends.mkldnn.is_available()
-            and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
+    """float32 on a CPU with oneDNN; not a tensor made under inference_mode (it has no version counter)."""
+    return (weight.dtype == torch.float32 and weight.device.type == "cpu" and not weight.is_inference()
+            and torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, "_reorder_linear_weight"))
 
 
 class Linear(nn.Linear):
@@ -152,7 +154,10 @@ class Linear(nn.Linear):
     packed: PackedWeight | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.packed is not None and x.dtype == torch.float32 and self.packed.is_current(self.weight):
+        # Not when gradients are wanted (oneDNN's packed linear has no backward) or while torch.compile traces
+        # (it cannot compare addresses).
+        if (self.packed is not None and x.dtype == torch.float32 and not torch.is_grad_enabled()
+                and not torch.compiler.is_compiling() and self.packed.is_current(self.weight)):
             return self.packed(x, self.bias)
         return linear(x, self.weight, self.bias)
 
@@ -182,10 +187,12 @@ class StackedLinear:
             for module, part in zip(linears, self.bias.split(self.sizes)):
                 module.bias = nn.Parameter(part, requires_grad=module.bias.requires_grad)
         self.scale = None  # int8 linears (model/quantize.py): their per-row scales, stacked the same way
+        self._scales: list[torch.Tensor] = []
         if all(isinstance(module, Int8Linear) for module in linears):
             self.scale = torch.cat([module.scale for module in linears])
             for module, part in zip(linears, self.scale.split(self.sizes)):
                 module.scale = part
+            self._scales = [module.scale for module in linears]
         self.column_major = column_major
         self._pointers = self._current_pointers(linears)
         # What is_current compares on every call: each linear's parameters and weight address as made here.
@@ -215,7 +222,7 @@ class StackedLinear:
                     or (check_addresses and weight.data_ptr() != pointer)
                     or module._forward_hooks or module._forward_pre_hooks):
                 return False
-        return True
+        return all(module._buffers["scale"] is scale for module, scale in zip(linears, self._scales))
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale is not None:

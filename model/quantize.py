@@ -3,20 +3,18 @@
     W[o, i] ~ scale[o] * q[o, i],   scale[o] = max_i |W[o, i]| / 127,   q = round(W / scale) in [-127, 127]
 
 Activations, norms, the embedding and the KV cache keep the model's dtype; only the matrices a decode step
-streams are quantized: q/k/v/o, gate/up/down and the head. A decode step reads every weight once per token,
-so its speed is set by the bytes it streams: int8 halves them against bf16 (SmolLM2-135M: 134 MB instead of
-270 MB per token). The rounding error of each weight is at most scale / 2, i.e. 1/254 of its row's largest
+streams are quantized: q/k/v/o, gate/up/down and the head (SmolLM2-135M: 134 MB instead of 270 MB in bf16). The rounding error of each weight is at most scale / 2, i.e. 1/254 of its row's largest
 weight (llama.cpp's Q8_0 is the same idea with one scale per 32 weights).
 
 The product: PyTorch's CPU kernel `_weight_int8pack_mm` multiplies bfloat16 rows by the int8 matrix and applies
 the scales. Measured on a 2-core AVX2 CPU: with the matrix in cache it multiplies the 3072 x 576 gate/up by one
-row in 133 µs against 224 for the bf16 product (2-4 rows: 3x faster), but streaming all of SmolLM2's matrices
-from memory, one row each, took 26 ms in int8 and in bf16 alike: the kernel, not the bytes, sets the pace here.
-With float32 or float16 activations it is several times slower than the plain product, and for many rows (a
-prompt) the float32 product of the dequantized matrix is faster. So `int8_linear` uses the kernel for a few
-bfloat16 rows on the CPU and otherwise multiplies by the dequantized matrix (`dequantize_int8`): the same
-numbers, just slower. What int8 buys here is memory (the matrices take half the bytes of bf16) and, with
-`compile=True`, speed: 38 tok/s against 31 for bf16 (scripts/bench.py).
+row in 133 µs against 224 for the bf16 product (2-4 rows: 3x faster), but multiplying one row by every matrix of
+SmolLM2 once took 24.6 ms in int8 against 18.8 ms in bf16 (scripts/bench.py's floor): on this CPU the kernel,
+not the bytes, sets the pace. With float32 or float16 activations it is several times slower than the plain
+product, and for many rows (a prompt) the float32 product of the dequantized matrix is faster. So `int8_linear`
+uses the kernel for a few bfloat16 rows on the CPU and otherwise multiplies by the dequantized matrix
+(`dequantize_int8`): the same numbers, just slower. What int8 buys here is memory and, inside the compiled step
+(`compile=True`), speed: 44.3 tok/s against 35.7 for bf16 (scripts/bench.py, same run).
 
 With a tied head (SmolLM2), the head gets its own int8 copy and the embedding stays in the model's dtype (a
 lookup reads one row per token, so its bytes do not matter): `lm_head.weight` is then no longer the embedding.
@@ -41,7 +39,7 @@ def quantize_int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor
     w = weight.detach().float()
     scale = w.abs().amax(dim=1) / 127.0  # (out,)
     scale = torch.where(scale > 0, scale, torch.ones_like(scale)).to(torch.bfloat16)
-    q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8)
+    q = torch.round(w / scale.float()[:, None]).clamp(-127, 127).to(torch.int8).contiguous()  # the kernel needs rows
     return q, scale
 
 
@@ -54,7 +52,9 @@ def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ (scale[:, None] * q)^T + bias; x (..., in) -> (..., out) in x's dtype."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
-    if x.dtype == torch.bfloat16 and x.device.type == "cpu" and 0 < rows < INT8_KERNEL_ROWS:
+    # The kernel reads the input in blocks of 8: other widths crashed or gave wrong numbers (torch 2.13, measured).
+    if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and 0 < rows < INT8_KERNEL_ROWS
+            and q.shape[1] % 8 == 0):
         # int8 x bf16 with the scales applied inside: streams 1 byte per weight instead of 2.
         out = torch.ops.aten._weight_int8pack_mm(x.reshape(rows, -1), q, scale.to(x.dtype))
         out = out.reshape(*x.shape[:-1], q.shape[0])
@@ -101,7 +101,9 @@ class Int8Linear(nn.Module):
 def quantize_int8(model: nn.Module) -> nn.Module:
     """Replace every nn.Linear of the model (blocks and head) by an Int8Linear, in place; returns the model.
 
-    Refuses a model that already is, and GPT-OSS (its experts are MXFP4 tensors, not linears).
+    The new modules carry no hooks (register them after quantizing), and the model's weight_layout becomes
+    "row_major": the int8 kernel reads rows. Refuses a model that already is quantized, and GPT-OSS (its experts
+    are MXFP4 tensors, not linears).
     """
     if any(isinstance(module, Int8Linear) for module in model.modules()):
         raise ValueError("this model is already quantized to int8")

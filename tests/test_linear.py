@@ -204,11 +204,20 @@ def test_packed_head_gives_transformers_early_exit_logits_and_notices_a_changed_
     assert copied.lm_head.packed.is_current(copied.lm_head.weight)
     with torch.no_grad():
         torch.testing.assert_close(copied(ids).logits, model(ids).logits, atol=1e-5, rtol=0)
+    model(ids).logits.sum().backward()  # oneDNN's packed linear has no backward: the plain product runs
+    assert model.embed_tokens.weight.grad is not None and model.norm.weight.grad is not None
     model.set_weight_layout("row_major")
     assert model.lm_head.packed is None
     model.set_weight_layout("column_major_blocks")
     model.to(torch.bfloat16)  # only float32 is packed
     assert model.lm_head.packed is None
+    from transformers import LlamaForCausalLM
+
+    saved = LlamaForCausalLM.from_pretrained(tmp_path).eval()  # the checkpoint as saved (before the edit above)
+    with torch.inference_mode():  # inference tensors have no version counter: no packed copy for them
+        loaded = load_pretrained(tmp_path, weight_layout="column_major_blocks")
+        assert loaded.lm_head.packed is None
+        torch.testing.assert_close(loaded(ids).logits, saved(ids).logits, atol=1e-4, rtol=0)
 
 
 def test_an_unknown_weight_layout_is_refused_before_loading(tmp_path):

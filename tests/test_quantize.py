@@ -53,6 +53,41 @@ def test_int8_linear_multiplies_by_the_dequantized_matrix(dtype, rows):
     torch.testing.assert_close(got.double(), expected, atol=relative * expected.abs().max().item(), rtol=0)
 
 
+@pytest.mark.parametrize("in_features", [36, 100])
+def test_int8_linear_handles_widths_the_kernel_cannot(in_features):
+    """The int8 kernel reads inputs in blocks of 8 (other widths crashed or returned garbage): those widths take
+    the dequantized product, bf16 rows included."""
+    generator = torch.Generator().manual_seed(in_features)
+    q, scale = quantize_int8_rows(torch.randn(24, in_features, generator=generator))
+    x = torch.randn(3, in_features, generator=generator).bfloat16()
+    expected = x.double() @ reference_dequantized(q, scale).T
+    got = int8_linear(x, q, scale)
+    torch.testing.assert_close(got.double(), expected, atol=1.6e-2 * expected.abs().max().item(), rtol=0)
+
+
+def test_a_column_major_model_quantizes_to_row_major_int8_and_runs_in_bf16(tmp_path):
+    hf = save_tiny_llama(tmp_path, initializer_range=0.2)
+    model = quantize_int8(load_pretrained(tmp_path, weight_layout="column_major"))
+    assert model.weight_layout == "row_major"
+    assert all(p.is_contiguous() for p in model.parameters() if p.dtype == torch.int8)
+    ids = torch.tensor([[3, 4, 5, 6]])
+    with torch.no_grad():
+        expected = model(ids).logits
+        got = model.to(torch.bfloat16)(ids).logits.float()
+    torch.testing.assert_close(got, expected, atol=0.03 * expected.abs().max().item(), rtol=0)
+
+
+def test_replaced_scales_are_used_by_the_stacked_product(tmp_path):
+    _, model = quantized_pair(tmp_path)
+    ids = torch.tensor([[3, 4, 5]])
+    with torch.no_grad():
+        before = model(ids).logits
+        q_proj = model.layers[0].self_attn.q_proj
+        q_proj.scale = q_proj.scale * 2  # a new tensor: the stacked scales are stale now
+        after = model(ids).logits
+    assert not torch.allclose(before, after)
+
+
 def quantized_pair(folder, **overrides):
     """(transformers model with the dequantized int8 weights, our int8 model in float32) from one checkpoint."""
     hf = save_tiny_llama(folder, **overrides)

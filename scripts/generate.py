@@ -257,6 +257,8 @@ def choose_weight_layout(args: argparse.Namespace) -> str:
     head row per early-exit layer); row-major for beams and speculative verification (several rows everywhere)."""
     if args.weight_layout != "auto":
         return args.weight_layout
+    if args.int8:
+        return "row_major"  # quantize_int8 replaces every matrix by int8 rows: re-laying them out first is wasted
     if ((args.num_beams or 1) > 1 or (args.num_return_sequences or 1) > 1 or args.draft_model is not None
             or args.self_speculative is not None):
         return "row_major"

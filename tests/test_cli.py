@@ -169,7 +169,7 @@ def test_int8_output_equals_transformers_on_the_dequantized_weights(tiny, cli, c
     ([], "column_major"), (["--do-sample"], "column_major"), (["--num-beams", "2"], "row_major"),
     (["--dola-layers", "high"], "column_major_blocks"), (["--entropy-decoding", "trough"], "column_major_blocks"),
     (["--dola-layers", "high", "--num-beams", "2"], "row_major"),
-    (["--self-speculative", "4"], "row_major"),
+    (["--self-speculative", "4"], "row_major"), (["--int8", "--dtype", "float32"], "row_major"),
     (["--num-beams", "2", "--weight-layout", "column_major"], "column_major"),
 ])
 def test_auto_weight_layout_follows_the_rows_of_the_products(cli, flags, layout):

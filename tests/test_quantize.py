@@ -66,32 +66,30 @@ def test_int8_linear_handles_widths_the_kernel_cannot(in_features):
 
 
 def test_a_column_major_model_quantizes_to_row_major_int8_and_runs_in_bf16(tmp_path):
-    hf = save_tiny_llama(tmp_path, initializer_range=0.2)
-    model = quantize_int8(load_pretrained(tmp_path, weight_layout="column_major"))
+    hf, model = quantized_pair(tmp_path, weight_layout="column_major", initializer_range=0.2)
     assert model.weight_layout == "row_major"
     assert all(p.is_contiguous() for p in model.parameters() if p.dtype == torch.int8)
     ids = torch.tensor([[3, 4, 5, 6]])
     with torch.no_grad():
-        expected = model(ids).logits
-        got = model.to(torch.bfloat16)(ids).logits.float()
+        expected = hf(ids).logits
+        got = model.to(torch.bfloat16)(ids).logits.float()  # the int8 kernel needs contiguous rows
     torch.testing.assert_close(got, expected, atol=0.03 * expected.abs().max().item(), rtol=0)
 
 
 def test_replaced_scales_are_used_by_the_stacked_product(tmp_path):
-    _, model = quantized_pair(tmp_path)
+    hf, model = quantized_pair(tmp_path)
     ids = torch.tensor([[3, 4, 5]])
     with torch.no_grad():
-        before = model(ids).logits
         q_proj = model.layers[0].self_attn.q_proj
         q_proj.scale = q_proj.scale * 2  # a new tensor: the stacked scales are stale now
-        after = model(ids).logits
-    assert not torch.allclose(before, after)
+        hf.model.layers[0].self_attn.q_proj.weight.mul_(2)  # what doubled scales stand for
+        torch.testing.assert_close(model(ids).logits, hf(ids).logits, atol=1e-5, rtol=0)
 
 
-def quantized_pair(folder, **overrides):
+def quantized_pair(folder, weight_layout: str = "row_major", **overrides):
     """(transformers model with the dequantized int8 weights, our int8 model in float32) from one checkpoint."""
     hf = save_tiny_llama(folder, **overrides)
-    model = quantize_int8(load_pretrained(folder))
+    model = quantize_int8(load_pretrained(folder, weight_layout=weight_layout))
     ours = dict(model.named_modules())
     with torch.no_grad():
         for name, module in hf.named_modules():

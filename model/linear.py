@@ -8,6 +8,8 @@ with SmolLM2-135M (scripts/bench.py), none changing what is computed beyond floa
    stacked matrices replaces three (two), which saves 90 of the 211 matmul calls of a step. The modules
    keep their own `nn.Linear`s, whose weights become views into the stacked weight: no memory is added,
    parameter names and the state_dict are unchanged, and an in-place change to either is seen by both.
+   Matrices that already lie back to back in memory (gate_proj and up_proj in a mapped checkpoint) are
+   stacked as a view, without a copy (`stack_rows`); the others are copied once, at loading.
    `StackedLinear.is_current` notices a weight that was replaced (e.g. `load_state_dict(..., assign=True)`)
    or a linear someone hooked (the lessons capture q with a forward hook), and the layer then runs the
    linears one by one. `CausalLM._apply` re-stacks after every `.to()`.
@@ -176,7 +178,7 @@ class StackedLinear:
         if column_major:
             self.weight = torch.cat([module.weight.detach().t() for module in linears], dim=1).t()
         else:
-            self.weight = torch.cat([module.weight.detach() for module in linears])
+            self.weight = stack_rows([module.weight.detach() for module in linears])
         has_bias = [module.bias is not None for module in linears]
         if any(has_bias) and not all(has_bias):
             raise ValueError("StackedLinear needs all or none of the linears to have a bias")
@@ -228,6 +230,23 @@ class StackedLinear:
         if self.scale is not None:
             return int8_linear(x, self.weight, self.scale, self.bias)
         return linear(x, self.weight, self.bias)
+
+
+def stack_rows(parts: Sequence[torch.Tensor]) -> torch.Tensor:
+    """torch.cat(parts) of row-major matrices, or a view without a copy when they already lie back to back in one
+    storage: a checkpoint mapped from disk stores an MLP's gate_proj and up_proj next to each other
+    (model/loading.py, `map_file`), so loading stacks them in place instead of copying 7 MB per layer."""
+    first = parts[0]
+    storage, offset = first.untyped_storage(), first.storage_offset()
+    for part in parts:
+        if not (part.is_contiguous() and part.dtype == first.dtype and part.shape[1:] == first.shape[1:]
+                and part.untyped_storage().data_ptr() == storage.data_ptr() and part.storage_offset() == offset):
+            return torch.cat(parts)
+        offset += part.numel()
+    if offset * first.element_size() > storage.nbytes():  # an equal address, but a different, shorter storage
+        return torch.cat(parts)
+    rows = sum(part.shape[0] for part in parts)
+    return first.new_empty(0).set_(storage, first.storage_offset(), (rows, *first.shape[1:]))
 
 
 def stacked_or_separate(stacked: StackedLinear | None, linears: Sequence[nn.Linear], x: torch.Tensor) -> torch.Tensor:
@@ -288,6 +307,8 @@ def _stack(existing: StackedLinear | None, linears: Sequence[nn.Linear], layout:
     old = [t.data for module in linears for t in (module.weight, module.bias) if t is not None]
     stacked = StackedLinear(linears, column_major)
     if on_copied is not None:
+        in_place = stacked.weight.untyped_storage().data_ptr()
         for tensor in old:
-            on_copied(tensor)
+            if tensor.untyped_storage().data_ptr() != in_place:  # stacked in place: the memory is still in use
+                on_copied(tensor)
     return stacked

@@ -2,8 +2,9 @@
 
 The model is built on the meta device (no memory), every tensor's name, shape and dtype is checked against
 it from the file headers alone, and only then are the tensors attached with `load_state_dict(assign=True)`.
-safetensors memory-maps the file, so a checkpoint already in the wanted dtype is used in place: the weights
-exist once in memory, as the file's pages.
+Each file is memory-mapped once (`map_file`), so a checkpoint already in the wanted dtype is used in place: the
+weights exist once in memory, as the file's pages, and matrices that lie back to back in the file (gate_proj,
+up_proj) are stacked without a copy.
 
 GPT-OSS releases store the expert weights in MXFP4 (`<name>_blocks` + `<name>_scales`, model/mxfp4.py);
 they are checked from the headers like any tensor and decoded one expert at a time while loading.
@@ -225,13 +226,9 @@ def _read_state(files: dict[str, Path], name_map: Callable[[str], str], dtype: t
     with ThreadPoolExecutor(max_workers=2) as pool:
         pending = {}
         for path, names in by_file.items():
-            handle = _open(path)
+            mapped = map_file(path)  # memory-mapped: no copy yet
             for name in names:
-                try:
-                    tensor = handle.get_tensor(name)  # memory-mapped: no copy yet
-                except Exception as err:
-                    raise CheckpointError(f"cannot read tensor '{name}' from {path} ({err}); the file is "
-                                          "corrupt") from None
+                tensor = mapped[name]
                 local = name_map(name)
                 if name.endswith(MXFP4_SUFFIXES):  # packed uint8: decoded below, together with its partner
                     state[local] = tensor.to(device=device)
@@ -248,6 +245,36 @@ def _read_state(files: dict[str, Path], name_map: Callable[[str], str], dtype: t
     return state
 
 
+def map_file(path: Path) -> dict[str, torch.Tensor]:
+    """Every tensor of a safetensors file, as views into one private memory mapping of the whole file.
+
+    A safetensors file is 8 bytes (the header's length, little-endian), a JSON header {name: {dtype, shape,
+    data_offsets}}, then the tensors' bytes. safetensors' own `get_tensor` gives each tensor a storage of its
+    own; one mapping instead lets tensors that lie back to back in the file become one view without a copy:
+    files are written in name order, so an MLP's gate_proj and up_proj are neighbours, and `StackedLinear`
+    stacks them in place (model/linear.py). The mapping is private (copy-on-write): an in-place change to a
+    weight never reaches the file. Called after `read_headers`, whose safe_open has validated the header.
+    """
+    with open(path, "rb") as file:
+        header_size = int.from_bytes(file.read(8), "little")
+        header = json.loads(file.read(header_size))
+    header.pop("__metadata__", None)
+    storage = torch.UntypedStorage.from_file(str(path), shared=False, nbytes=path.stat().st_size)
+    file_bytes = torch.empty(0, dtype=torch.uint8).set_(storage)  # (file size,)
+    data_start = 8 + header_size
+    tensors = {}
+    for name, info in header.items():
+        dtype = STORED_DTYPES[info["dtype"]]  # check_tensors has refused any other dtype
+        begin, end = (data_start + offset for offset in info["data_offsets"])
+        raw = file_bytes[begin:end]
+        if begin % dtype.itemsize:  # a typed view must start at a multiple of its element size
+            raw = raw.clone()
+        tensors[name] = raw.view(dtype).view(info["shape"])
+    return tensors
+
+
+STORED_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                 "U8": torch.uint8}  # U8: MXFP4 blocks and scales
 DTYPES = {"F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16, "F64": torch.float64,
           "MXFP4": torch.bfloat16}
 _LIBC = ctypes.CDLL(None) if sys.platform.startswith("linux") else None

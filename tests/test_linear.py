@@ -15,13 +15,22 @@ from torch import nn
 from conftest import save_tiny_llama
 from model import load_pretrained
 from model.layers import RMSNorm, rms_norm_reference
-from model.linear import linear
+from model.linear import linear, stack_rows
 
 
 def storage_bytes(model: nn.Module) -> int:
-    """Bytes of the distinct storages behind the parameters: what the weights really hold."""
-    storages = {p.untyped_storage().data_ptr(): p.untyped_storage().nbytes() for p in model.parameters()}
-    return sum(storages.values())
+    """Bytes of memory behind the parameters (the union of their address ranges): what the weights really hold.
+    Not the storages' sizes: a loaded model's parameters are views into the checkpoint file's one mapping."""
+    def address_range(p: torch.Tensor) -> tuple[int, int]:  # first and one-past-last byte (strided views too)
+        last = sum((size - 1) * stride for size, stride in zip(p.shape, p.stride()))
+        return p.data_ptr(), p.data_ptr() + (last + 1) * p.element_size()
+
+    ranges = sorted(address_range(p) for p in model.parameters())
+    total, covered_to = 0, 0
+    for start, end in ranges:
+        total += max(end, covered_to) - max(start, covered_to)
+        covered_to = max(covered_to, end)
+    return total
 
 
 def hf_logits(hf, ids: torch.Tensor) -> torch.Tensor:
@@ -36,6 +45,10 @@ def test_stacked_projections_share_memory_and_keep_the_state_dict(tmp_path):
     assert attn.qkv_proj is not None and mlp.gate_up_proj is not None
     # q/k/v are views into the one stacked matrix: the parameters hold exactly the checkpoint's bytes.
     assert attn.q_proj.weight.untyped_storage().data_ptr() == attn.qkv_proj.weight.untyped_storage().data_ptr()
+    # gate_proj and up_proj lie back to back in the file (written in name order): stacked in place, no copy.
+    file_mapping = mlp.down_proj.weight.untyped_storage().data_ptr()
+    assert mlp.gate_up_proj.weight.untyped_storage().data_ptr() == file_mapping
+    assert mlp.gate_proj.weight.data_ptr() == mlp.gate_up_proj.weight.data_ptr()
     hf_bytes = sum(p.numel() * p.element_size() for p in hf.parameters())
     assert storage_bytes(model) == hf_bytes
     ours = model.state_dict()
@@ -43,6 +56,26 @@ def test_stacked_projections_share_memory_and_keep_the_state_dict(tmp_path):
         local = name.removeprefix("model.")
         if local in ours:
             assert torch.equal(ours[local], tensor), name
+
+
+def test_stack_rows_is_a_view_only_for_parts_that_lie_back_to_back():
+    memory = torch.randn(10, 4)
+    top, middle, bottom = memory[:3], memory[3:5], memory[5:]
+    in_place = stack_rows([top, middle, bottom])
+    assert in_place.data_ptr() == memory.data_ptr() and torch.equal(in_place, memory)
+    for parts in ([top, bottom],  # a gap
+                  [middle, top],  # the wrong order
+                  [top, middle.clone()],  # another storage
+                  [top, memory[3:5, :2].contiguous(), memory[5:, :2]]):  # different widths: cat must refuse
+        try:
+            expected = torch.cat(parts)
+        except RuntimeError:
+            with pytest.raises(RuntimeError):
+                stack_rows(parts)
+            continue
+        stacked = stack_rows(parts)
+        assert torch.equal(stacked, expected)
+        assert stacked.untyped_storage().data_ptr() != memory.untyped_storage().data_ptr()
 
 
 def test_conversion_restacks_in_the_new_dtype(tmp_path):

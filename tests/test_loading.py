@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import json
+import struct
+
 import pytest
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from conftest import save_tiny_llama
 from model import CheckpointError, ConfigError, ModelConfig, load_pretrained
+from model.loading import map_file
 
 
 def logits(model, ids):
@@ -29,6 +33,45 @@ def test_sharded_checkpoint_loads_and_matches_single_file(tmp_path):
     # their blocking (hence summation order) by alignment.
     torch.testing.assert_close(logits(load_pretrained(single), IDS), logits(load_pretrained(sharded), IDS),
                                atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+def test_mapped_tensors_equal_what_safetensors_reads(tmp_path, dtype):
+    save_tiny_llama(tmp_path)
+    path = tmp_path / "model.safetensors"
+    save_file({name: t.to(dtype) for name, t in load_file(path).items()}, path)
+    mapped, reference = map_file(path), safe_open(str(path), framework="pt")
+    assert sorted(mapped) == sorted(reference.keys())
+    for name, tensor in mapped.items():
+        expected = reference.get_tensor(name)
+        assert tensor.dtype == expected.dtype and torch.equal(tensor, expected), name
+
+
+def test_a_tensor_at_an_unaligned_offset_is_read_correctly(tmp_path):
+    """safetensors does not require alignment; a typed view cannot start mid-element, so that tensor is copied."""
+    header = {"bytes": {"dtype": "U8", "shape": [3], "data_offsets": [0, 3]},
+              "matrix": {"dtype": "F32", "shape": [2, 3], "data_offsets": [3, 27]}}
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    path = tmp_path / "unaligned.safetensors"
+    matrix = torch.tensor([[1.5, -2.0, 3.25], [0.0, 7.0, -1e-3]])
+    path.write_bytes(struct.pack("<Q", len(text)) + text + bytes([7, 8, 9]) + matrix.numpy().tobytes())
+    mapped, reference = map_file(path), safe_open(str(path), framework="pt")
+    assert torch.equal(mapped["matrix"], reference.get_tensor("matrix")) and torch.equal(mapped["matrix"], matrix)
+    assert mapped["bytes"].tolist() == [7, 8, 9]
+
+
+def test_editing_a_loaded_weight_never_writes_the_checkpoint(tmp_path):
+    """The file is mapped copy-on-write: gate_proj is stacked in place over the mapping, and an in-place edit
+    changes the model, not the file."""
+    save_tiny_llama(tmp_path)
+    before = (tmp_path / "model.safetensors").read_bytes()
+    model = load_pretrained(tmp_path)
+    with torch.no_grad():
+        model.layers[0].mlp.gate_proj.weight.add_(1.0)
+        model.embed_tokens.weight.zero_()
+    assert model.layers[0].mlp.gate_up_proj.weight[0, 0] == model.layers[0].mlp.gate_proj.weight[0, 0]
+    assert (tmp_path / "model.safetensors").read_bytes() == before
 
 
 def test_dtype_argument_converts_weights(tmp_path):

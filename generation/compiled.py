@@ -1,9 +1,10 @@
 """A compiled one-token decode step (`generate(..., compile=True)`): the gpt-fast design.
 
 Eager PyTorch launches each of a step's ~700 small operations (norms, RoPE, residual adds, the cache write)
-from Python, one at a time: for SmolLM2-135M that is ~10 ms of every token on a 2-core CPU, next to ~19 ms
-(bf16) or ~35-45 ms (fp32) for the matrix products themselves. `torch.compile` traces one decode step into a
-graph and generates fused C++ kernels for the small operations, leaving the matrix products to BLAS.
+from Python, one at a time: for SmolLM2-135M that is ~10 ms of every token on a 2-core CPU, next to ~13 ms
+(bf16) or ~23 ms (fp32) for the matrix products themselves (model/matvec.py). `torch.compile` traces one decode
+step into a graph and generates fused C++ kernels for the small operations, leaving the matrix products to the
+one-row kernel (a custom operator the graph calls) or BLAS.
 
 A compiled graph is reused only while shapes and Python values stay the same, so everything that changes
 from step to step lives in tensors:

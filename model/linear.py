@@ -43,6 +43,13 @@ with SmolLM2-135M (scripts/bench.py), none changing what is computed beyond floa
    copied and that weight's version counter, so a replaced or in-place-edited weight is noticed and the plain
    product runs instead of a stale copy. An edit through `weight.data` bypasses the version counter: after one,
    call `model.set_weight_layout(...)` again to re-pack. Gradients and torch.compile use the plain product.
+   "packed_head" packs the head the same way but keeps every matrix row-major, for point 6.
+
+6. A hand-written kernel for one row (model/matvec.py, model/matvec.cpp). PyTorch's one-row products stream a
+   weight at 10-16 GB/s on this CPU, memory gives 25: all of SmolLM2's matrices take 23 ms in float32 (MKL: 47
+   row-major, 34-37 column-major) and 13 ms in bf16 (PyTorch: 20-23). It needs a row-major contiguous weight, so
+   where it runs, row-major is the layout for one row too (`choose_weight_layout`); where it cannot (no AVX2, no
+   compiler, gradients wanted), the products above run instead.
 """
 
 from __future__ import annotations
@@ -55,16 +62,29 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .matvec import matvec, matvec_available
 from .quantize import Int8Linear, int8_linear
 
 FEW_ROWS = (2, 32)  # the rows for which (W @ x^T)^T beat F.linear in float32 on the CPU, inclusive
 HALF_UPCAST_ROWS = 32  # from this many rows on, a bf16/fp16 CPU product runs in float32 (point 4)
-WEIGHT_LAYOUTS = ("row_major", "column_major", "column_major_blocks")
+WEIGHT_LAYOUTS = ("row_major", "column_major", "column_major_blocks", "packed_head")
 
 
 def check_weight_layout(layout: str) -> None:
     if layout not in WEIGHT_LAYOUTS:
         raise ValueError(f"weight_layout must be one of {WEIGHT_LAYOUTS}, got {layout!r}")
+
+
+def choose_weight_layout(one_row_blocks: bool, one_row_head: bool) -> str:
+    """The fastest layout for a run whose blocks / head multiply one row per step (batch-1 greedy or sampling:
+    both; DoLa and entropy decoding: the blocks only, the head takes one row per early-exit layer; beams,
+    batches, speculative verification: neither). Measured on the benchmark's CPU; see points 3, 5 and 6."""
+    if not one_row_blocks:
+        return "row_major"
+    kernel = matvec_available()  # the one-row kernel needs row-major weights and beats column-major MKL
+    if one_row_head:
+        return "row_major" if kernel else "column_major"
+    return "packed_head" if kernel else "column_major_blocks"
 
 
 def prefers_column_major(layout: str, dtype: torch.dtype, device: torch.device | str | None,
@@ -89,6 +109,11 @@ def relayout(weight: torch.Tensor, column_major: bool) -> torch.Tensor:
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ weight^T + bias, like F.linear; x (..., in), weight (out, in) -> (..., out)."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if rows == 1 and uses_matvec_kernel(x, weight):  # point 6: one row, the hand-written kernel
+        out = matvec(weight, x.reshape(-1))  # (out,)
+        if bias is not None:
+            out = out + bias
+        return out.reshape(*x.shape[:-1], weight.shape[0])
     row_major = weight.stride(-1) == 1
     if FEW_ROWS[0] <= rows <= FEW_ROWS[1] and row_major and x.dtype == torch.float32 and x.device.type == "cpu":
         out = (weight @ x.reshape(rows, -1).t()).t().contiguous()  # (rows, out): the tall-skinny kernel (point 2)
@@ -99,6 +124,17 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
         out = F.linear(x.float(), weight.float(), None if bias is None else bias.float())  # point 4
         return out.to(x.dtype)
     return F.linear(x, weight, bias)
+
+
+def uses_matvec_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The hand-written one-row product (model/matvec.py) applies: a contiguous row-major float32/bf16/fp16 CPU
+    weight, the input in the same dtype, no gradient wanted (the kernel has no backward), and it could be built."""
+    return (x.device.type == "cpu" and x.dtype == weight.dtype and weight.dtype in MATVEC_DTYPES
+            and weight.is_contiguous() and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
+            and matvec_available())
+
+
+MATVEC_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
 @functools.cache
@@ -279,7 +315,8 @@ def arrange_weights(model: nn.Module, layout: str = "row_major",
             if on_copied is not None and module.weight.data_ptr() != old.data_ptr():
                 on_copied(old)
     if isinstance(head, Linear):  # point 5: the early-exit layouts multiply several rows by the head
-        wanted = layout == "column_major_blocks" and head.weight.device.type != "meta" and can_pack(head.weight)
+        wanted = (layout in ("column_major_blocks", "packed_head") and head.weight.device.type != "meta"
+                  and can_pack(head.weight))
         if not wanted:
             head.packed = None
         elif head.packed is None or not head.packed.is_current(head.weight):

@@ -6,8 +6,9 @@ Activations, norms, the embedding and the KV cache keep the model's dtype; only 
 streams are quantized: q/k/v/o, gate/up/down and the head (SmolLM2-135M: 134 MB instead of 270 MB in bf16). The rounding error of each weight is at most scale / 2, i.e. 1/254 of its row's largest
 weight (llama.cpp's Q8_0 is the same idea with one scale per 32 weights).
 
-The product: PyTorch's CPU kernel `_weight_int8pack_mm` multiplies bfloat16 rows by the int8 matrix and applies
-the scales. Measured on a 2-core AVX2 CPU: with the matrix in cache it multiplies the 3072 x 576 gate/up by one
+The product: for one row on an x86 CPU, the hand-written kernel of model/matvec.cpp (int8 widened to float32,
+the row's scale applied once): it streams the 134 MB in about 8 ms. Otherwise PyTorch's CPU kernel
+`_weight_int8pack_mm` multiplies bfloat16 rows by the int8 matrix and applies the scales. Measured on a 2-core AVX2 CPU: with the matrix in cache it multiplies the 3072 x 576 gate/up by one
 row in 133 µs against 224 for the bf16 product (2-4 rows: 3x faster), but multiplying one row by every matrix of
 SmolLM2 once took 24.6 ms in int8 against 18.8 ms in bf16 (scripts/bench.py's floor): on this CPU the kernel,
 not the bytes, sets the pace. With float32 or float16 activations it is several times slower than the plain
@@ -25,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from .matvec import matvec, matvec_available
 
 INT8_KERNEL_ROWS = 64  # below this many bf16 rows _weight_int8pack_mm beat the float32 dequantized product
 # (the two crossed between 45 and 128 rows for the 3072 x 576 and 576 x 1536 matrices, measured)
@@ -52,6 +55,9 @@ def int8_linear(x: torch.Tensor, q: torch.Tensor, scale: torch.Tensor,
                 bias: torch.Tensor | None = None) -> torch.Tensor:
     """x @ (scale[:, None] * q)^T + bias; x (..., in) -> (..., out) in x's dtype."""
     rows = x.numel() // x.shape[-1] if x.shape[-1] else 0
+    if rows == 1 and x.device.type == "cpu" and q.is_contiguous() and matvec_available():
+        out = matvec(q, x.reshape(-1), scale).reshape(*x.shape[:-1], q.shape[0])  # the one-row kernel
+        return out if bias is None else out + bias
     # The kernel reads the input in blocks of 8: other widths crashed or gave wrong numbers (torch 2.13, measured).
     if (x.dtype == torch.bfloat16 and x.device.type == "cpu" and 0 < rows < INT8_KERNEL_ROWS
             and q.shape[1] % 8 == 0):

@@ -27,6 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from generation import generate  # noqa: E402
 from model import load_pretrained, quantize_int8  # noqa: E402
+from model.linear import WEIGHT_LAYOUTS, choose_weight_layout  # noqa: E402
+from model.matvec import matvec_available  # noqa: E402
 from model.quantize import Int8Linear  # noqa: E402
 from model.zoo import default_model_path  # noqa: E402
 
@@ -52,9 +54,8 @@ CASES = {
     "batch8": ({}, {}),
     "prefill512": (None, None),
 }
-# Our weight layout per case, as generate.py's --weight-layout auto picks it (model/linear.py): column-major
-# float32 weights when every product has one row, column-major blocks with a row-major head when only the head
-# has several rows (early exits), row-major for several rows everywhere (beams, batches, a long prompt).
+# Our weight layout per case, as generate.py's --weight-layout auto picks it (model/linear.py,
+# choose_weight_layout): by whether the blocks and the head multiply one row per step.
 ONE_ROW_CASES = {"greedy", "greedy_compiled", "sampling", "repetition_penalty"}
 EARLY_EXIT_CASES = {"dola_high", "dola_high_paper", "entropy_trough"}
 DECODE_ONLY_CASES = {"greedy", "greedy_compiled"}  # also print the rate of the one-token steps alone
@@ -63,9 +64,8 @@ DECODE_ONLY_CASES = {"greedy", "greedy_compiled"}  # also print the rate of the 
 def layout_for(case: str, forced: str) -> str:
     if forced != "auto":
         return forced
-    if case in ONE_ROW_CASES:
-        return "column_major"
-    return "column_major_blocks" if case in EARLY_EXIT_CASES else "row_major"
+    return choose_weight_layout(one_row_blocks=case in ONE_ROW_CASES | EARLY_EXIT_CASES,
+                                one_row_head=case in ONE_ROW_CASES)
 
 
 def peak_rss_reset() -> None:
@@ -83,15 +83,17 @@ def peak_rss_mib() -> float:
     return float("nan")
 
 
-def weight_floor_tokens_per_s(model: torch.nn.Module, repeats: int = 3) -> float:
-    """1 / (time to multiply one vector by every weight matrix once), each through its module's own product."""
+def weight_floor_tokens_per_s(model: torch.nn.Module, repeats: int = 3, pytorch_product: bool = False) -> float:
+    """1 / (time to multiply one vector by every weight matrix once), each through its module's own product
+    (the one-row kernel where it runs), or through PyTorch's F.linear."""
     mats = [m for m in model.modules() if isinstance(m, (torch.nn.Linear, Int8Linear))]
     times = []
     with torch.inference_mode():
         for _ in range(repeats):
             start = time.perf_counter()
             for module in mats:
-                module(torch.ones(1, module.in_features, dtype=model.dtype))
+                x = torch.ones(1, module.in_features, dtype=model.dtype)
+                torch.nn.functional.linear(x, module.weight) if pytorch_product else module(x)
             times.append(time.perf_counter() - start)
     return 1.0 / min(times)
 
@@ -176,8 +178,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     parser.add_argument("--no-transformers", action="store_true", help="time only scratch-lm")
-    parser.add_argument("--weight-layout", choices=("auto", "row_major", "column_major", "column_major_blocks"),
-                        default="auto",
+    parser.add_argument("--weight-layout", choices=("auto", *WEIGHT_LAYOUTS), default="auto",
                         help="our weight layout (default: per case, as generate.py's auto)")
     parser.add_argument("--gguf", nargs="*", type=Path, default=None, help="GGUF files for llama.cpp")
     args = parser.parse_args()
@@ -189,8 +190,10 @@ def main() -> None:
 
     path = args.model or default_model_path()
     tokenizer = load_tokenizer(path)
+    kernel = "with" if matvec_available() else "without"
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
-          f"{torch.__version__}, {args.new_tokens} new tokens, median of {args.repeats}\n")
+          f"{torch.__version__}, {args.new_tokens} new tokens, median of {args.repeats}, {kernel} the one-row "
+          "kernel (model/matvec.cpp)\n")
     print("| dtype | case | our layout | scratch-lm tok/s | transformers tok/s | ratio | same tokens | peak RSS MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for dtype_name in args.dtypes:
@@ -208,6 +211,10 @@ def main() -> None:
             model.set_weight_layout(layout)
             print(f"| {dtype_name} | floor (weights once) | {layout} | {weight_floor_tokens_per_s(model):.1f} "
                   "| | | | |")
+        if dtype_name != "int8":
+            model.set_weight_layout("row_major")
+            print(f"| {dtype_name} | floor, PyTorch's F.linear | row_major | "
+                  f"{weight_floor_tokens_per_s(model, pytorch_product=True):.1f} | | | | |")
         for case in args.cases:
             layout = layout_for(case, args.weight_layout) if dtype == torch.float32 else "row_major"
             model.set_weight_layout(layout)

@@ -6,8 +6,8 @@
 Every case decodes exactly --new-tokens tokens (no end token) greedily from the same prompt. The cases run
 interleaved, one repeat of each in turn, so that a slow moment of a shared machine hits them alike; the
 median tokens/s of each is printed with its ratio to our plain greedy. Each of our cases runs in the weight layout
-generate.py's `--weight-layout auto` picks for it (model/linear.py): column-major for greedy, column-major blocks
-with a packed head for the layer-selection cases.
+generate.py's `--weight-layout auto` picks for it (model/linear.py, choose_weight_layout): the layer-selection cases
+get a packed head.
 """
 
 from __future__ import annotations
@@ -25,6 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from generation import generate  # noqa: E402
 from model import load_pretrained  # noqa: E402
+from model.linear import choose_weight_layout  # noqa: E402
 from model.zoo import default_model_path  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
@@ -40,7 +41,7 @@ THEIRS = {"transformers greedy": {}, "transformers dola high": {"dola_layers": "
 
 
 def time_ours(model, ids: torch.Tensor, new_tokens: int, options: dict) -> float:
-    model.set_weight_layout("column_major" if not options else "column_major_blocks")  # not timed
+    model.set_weight_layout(choose_weight_layout(one_row_blocks=True, one_row_head=not options))  # not timed
     start = time.perf_counter()
     out = generate(model, ids, max_new_tokens=new_tokens, eos_token_id=[], **options)
     assert out.new_tokens.shape[1] == new_tokens

@@ -97,10 +97,11 @@ def build_parser() -> Parser:
     add("--dtype", choices=("float32", "bfloat16", "float16"), help="weights dtype (default: the checkpoint's)")
     add("--device", default="auto", help="cpu, cuda, cuda:1, mps... (default: cuda if available, else cpu)")
     add("--threads", metavar="N", type=int, help="CPU threads for torch (default: torch's choice)")
-    add("--weight-layout", choices=("auto", "row_major", "column_major", "column_major_blocks"), default="auto",
-        help="how float32 CPU weights are stored: column_major makes one-sequence greedy/sampling faster and "
-        "beam search and speculative decoding slower; column_major_blocks (row-major head, packed for oneDNN) "
-        "suits DoLa and entropy decoding (model/linear.py); auto picks by the options")
+    add("--weight-layout", choices=("auto", "row_major", "column_major", "column_major_blocks", "packed_head"),
+        default="auto", help="how float32 CPU weights are stored (model/linear.py): row_major suits everything "
+        "where the one-row kernel (model/matvec.cpp) runs; without it column_major makes one-sequence "
+        "greedy/sampling faster and beam search slower; column_major_blocks / packed_head (the head packed for "
+        "oneDNN) suit DoLa and entropy decoding; auto picks by the options and the kernel")
     add("--int8", action="store_true", help="weight-only int8: every matrix as int8 with a scale per row, half the "
         "bytes of bf16 (model/quantize.py); activations in --dtype, bfloat16 unless given (the CPU int8 kernel "
         "is fast only with bfloat16); fastest with --compile")
@@ -252,19 +253,19 @@ def check_folder(flag: str, path: Path | None) -> None:
 
 
 def choose_weight_layout(args: argparse.Namespace) -> str:
-    """--weight-layout auto (float32 CPU only; elsewhere the layout changes nothing): column-major when every
-    product of the run has one row; column-major blocks with a row-major head for DoLa / entropy decoding (one
-    head row per early-exit layer); row-major for beams and speculative verification (several rows everywhere)."""
+    """--weight-layout auto (float32 CPU only; elsewhere the layout changes nothing): model/linear.py's choice
+    for one-row blocks (not beams or speculative verification) and a one-row head (not DoLa / entropy decoding,
+    which head one row per early-exit layer)."""
+    from model.linear import choose_weight_layout as fastest_layout
+
     if args.weight_layout != "auto":
         return args.weight_layout
     if args.int8:
         return "row_major"  # quantize_int8 replaces every matrix by int8 rows: re-laying them out first is wasted
-    if ((args.num_beams or 1) > 1 or (args.num_return_sequences or 1) > 1 or args.draft_model is not None
-            or args.self_speculative is not None):
-        return "row_major"
-    if args.dola_layers is not None or args.entropy_decoding is not None:
-        return "column_major_blocks"
-    return "column_major"
+    one_row_blocks = not ((args.num_beams or 1) > 1 or (args.num_return_sequences or 1) > 1
+                          or args.draft_model is not None or args.self_speculative is not None)
+    early_exits = args.dola_layers is not None or args.entropy_decoding is not None
+    return fastest_layout(one_row_blocks, one_row_head=not early_exits)
 
 
 def resolve_device(name: str):

@@ -165,17 +165,25 @@ def test_int8_output_equals_transformers_on_the_dequantized_weights(tiny, cli, c
     assert out == expected[0] + "\n"
 
 
-@pytest.mark.parametrize("flags, layout", [
-    ([], "column_major"), (["--do-sample"], "column_major"), (["--num-beams", "2"], "row_major"),
-    (["--dola-layers", "high"], "column_major_blocks"), (["--entropy-decoding", "trough"], "column_major_blocks"),
-    (["--dola-layers", "high", "--num-beams", "2"], "row_major"),
-    (["--self-speculative", "4"], "row_major"), (["--int8", "--dtype", "float32"], "row_major"),
-    (["--num-beams", "2", "--weight-layout", "column_major"], "column_major"),
+@pytest.mark.parametrize("flags, with_kernel, without_kernel", [
+    ([], "row_major", "column_major"), (["--do-sample"], "row_major", "column_major"),
+    (["--num-beams", "2"], "row_major", "row_major"),
+    (["--dola-layers", "high"], "packed_head", "column_major_blocks"),
+    (["--entropy-decoding", "trough"], "packed_head", "column_major_blocks"),
+    (["--dola-layers", "high", "--num-beams", "2"], "row_major", "row_major"),
+    (["--self-speculative", "4"], "row_major", "row_major"),
+    (["--int8", "--dtype", "float32"], "row_major", "row_major"),
+    (["--num-beams", "2", "--weight-layout", "column_major"], "column_major", "column_major"),
 ])
-def test_auto_weight_layout_follows_the_rows_of_the_products(cli, flags, layout):
+def test_auto_weight_layout_follows_the_rows_of_the_products(cli, monkeypatch, flags, with_kernel, without_kernel):
+    """One-row products: row-major where the one-row kernel runs (model/matvec.cpp), column-major MKL otherwise."""
+    import model.linear
+
     module = sys.modules["generate_cli"]
     args = module.build_parser().parse_args(["--prompt", "hi", *flags])
-    assert module.choose_weight_layout(args) == layout
+    for kernel, layout in ((True, with_kernel), (False, without_kernel)):
+        monkeypatch.setattr(model.linear, "matvec_available", lambda: kernel)
+        assert module.choose_weight_layout(args) == layout
 
 
 # ------------------------------------------------------------------- two models, profiles and plots

@@ -205,12 +205,15 @@ def test_column_major_blocks_keep_the_head_row_major(tmp_path, tied):
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="the packed head needs oneDNN")
-def test_packed_head_gives_transformers_early_exit_logits_and_notices_a_changed_weight(tmp_path):
-    """column_major_blocks packs the head for oneDNN (point 5): early-exit logits (8 layers' rows and the final
-    one in one product) equal transformers' head on its hidden states; an in-place edit of the (tied) head or a
-    replaced weight makes the stale packed copy step aside."""
+@pytest.mark.parametrize("layout", ["column_major_blocks", "packed_head"])
+def test_packed_head_gives_transformers_early_exit_logits_and_notices_a_changed_weight(tmp_path, layout):
+    """column_major_blocks and packed_head pack the head for oneDNN (point 5): early-exit logits (8 layers' rows
+    and the final one in one product) equal transformers' head on its hidden states; an in-place edit of the
+    (tied) head or a replaced weight makes the stale packed copy step aside."""
     hf = save_tiny_llama(tmp_path, tie_word_embeddings=True, num_hidden_layers=8, initializer_range=0.2)
-    model = load_pretrained(tmp_path, weight_layout="column_major_blocks")
+    model = load_pretrained(tmp_path, weight_layout=layout)
+    blocks_column_major = layout == "column_major_blocks"
+    assert all((p.stride(0) == 1) == blocks_column_major for n, p in model.layers.named_parameters() if p.dim() == 2)
     assert model.lm_head.packed is not None
     ids = torch.randint(0, 97, (2, 6), generator=torch.Generator().manual_seed(8))
     layers = list(range(8))
@@ -230,7 +233,7 @@ def test_packed_head_gives_transformers_early_exit_logits_and_notices_a_changed_
         hf.model.embed_tokens.weight[5] += 1.0
     check()
     assert not model.lm_head.packed.is_current(model.lm_head.weight)
-    model.set_weight_layout("column_major_blocks")  # re-packs what changed
+    model.set_weight_layout(layout)  # re-packs what changed
     assert model.lm_head.packed.is_current(model.lm_head.weight)
     check()
     copied = copy.deepcopy(model)  # the opaque packed tensor cannot be copied: the copy packs its own weight

@@ -1,0 +1,99 @@
+"""A hand-written matrix-vector product for batch-1 decoding on x86 CPUs (the kernel is model/matvec.cpp).
+
+A decode step multiplies one row by every weight matrix, so it is as fast as the weights stream from memory.
+Measured on the 2-core AVX2 CPU of the benchmark (scripts/bench.py): a loop that just reads one 226 MB array
+gets 25 GB/s, but PyTorch's own products stream a weight at 10-16 GB/s (MKL in float32, PyTorch's kernels in
+bfloat16/float16). matvec.cpp walks each thread's rows front to back with a prefetch ahead and reaches 20-25 GB/s:
+one row through all of SmolLM2's matrices takes 23 ms in float32 (PyTorch: 47 ms), 13 ms in bfloat16 (20-23), 8 ms
+in int8 (model/quantize.py; PyTorch's int8 kernel: 14).
+
+The kernel is C++, so it is compiled on first use, once per machine, with the C++ compiler that torch.compile
+also needs (`g++`, about 15 s; scripts/setup.sh does it), and cached under ~/.cache/scratch-lm/kernels/ keyed by the source and torch
+version. `matvec_available()` is False, and `model/linear.py` keeps PyTorch's products (the same numbers up to
+float rounding), where it cannot run: not an x86 CPU with AVX2/FMA/F16C, no compiler, or
+SCRATCH_LM_MATVEC=0 in the environment (to compare the two).
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import warnings
+from pathlib import Path
+
+import torch
+
+SOURCE = Path(__file__).with_name("matvec.cpp")
+CACHE_DIR = Path(os.environ.get("SCRATCH_LM_KERNEL_CACHE", Path.home() / ".cache" / "scratch-lm" / "kernels"))
+
+
+def cpu_can_run_it() -> bool:
+    """The kernel uses AVX2, FMA and F16C: every x86 CPU that torch reports as AVX2 or AVX512 has them."""
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+
+
+def compile_command(source: Path, output: Path) -> list[str]:
+    """g++ flags for a shared library that registers a torch operator (what torch.utils.cpp_extension would pass,
+    without its ninja requirement)."""
+    from torch.utils.cpp_extension import include_paths, library_paths
+
+    abi = int(torch._C._GLIBCXX_USE_CXX11_ABI)
+    includes = [f"-I{path}" for path in include_paths()]
+    libraries = [flag for path in library_paths() for flag in (f"-L{path}", f"-Wl,-rpath,{path}")]
+    return ["g++", str(source), "-o", str(output), "-shared", "-fPIC", "-std=c++17", "-O3",
+            "-mavx2", "-mfma", "-mf16c", "-fopenmp",  # OpenMP: at::parallel_for runs on torch's threads
+            f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *includes, *libraries, "-lc10", "-ltorch_cpu", "-ltorch"]
+
+
+def build(source: Path = SOURCE) -> Path:
+    """Compile `source` into the cache (once: the file name is a hash of the source and torch's version) and
+    return the library's path. Written to a temporary name and renamed, so concurrent builds cannot clash."""
+    key = hashlib.sha256(source.read_bytes() + torch.__version__.encode()).hexdigest()[:16]
+    library = CACHE_DIR / f"{source.stem}-{key}.so"
+    if library.is_file():
+        return library
+    CACHE_DIR.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as scratch:
+        partial = Path(scratch) / library.name
+        print(f"scratch-lm: compiling {source.name} once for this machine (about 20 s)...", file=sys.stderr)
+        subprocess.run(compile_command(source, partial), check=True, capture_output=True, text=True)
+        os.replace(partial, library)
+    return library
+
+
+@functools.cache
+def _load() -> bool:
+    """Build (once per machine) and load the kernel; False where it cannot run (see the module docstring)."""
+    if os.environ.get("SCRATCH_LM_MATVEC", "1") == "0" or not cpu_can_run_it() or shutil.which("g++") is None:
+        return False
+    try:
+        library = build()
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", "") or str(err)
+        warnings.warn(f"scratch-lm could not compile {SOURCE.name}, so decoding uses PyTorch's slower "
+                      f"matrix-vector products: {detail.strip()[-500:]}", stacklevel=3)
+        return False
+    torch.ops.load_library(str(library))
+
+    @torch.library.register_fake("scratch_lm::matvec")
+    def _(weight: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:  # for tracing
+        return x.new_empty(weight.shape[0])
+
+    return True
+
+
+@torch.compiler.assume_constant_result  # torch.compile asks once while tracing, then treats it as a constant
+def matvec_available() -> bool:
+    """Whether `matvec` can run here; the first call builds and loads the kernel."""
+    return _load()
+
+
+def matvec(weight: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
+    """weight (out, in) contiguous float32/bf16/fp16 on the CPU, x (in,) -> weight @ x (out,) in x's dtype;
+    an int8 weight with its scale (out,) gives scale * (weight @ x). Only after matvec_available() is True."""
+    return torch.ops.scratch_lm.matvec(weight, x, scale)

@@ -79,8 +79,9 @@ class CausalLM(nn.Module):
     def set_weight_layout(self, layout: str) -> None:
         """"row_major" (default: best for beam search, batches), "column_major" (float32 on the CPU: about 1.3x
         faster one-row products, for batch-1 greedy/sampling) or "column_major_blocks" (the same but a
-        row-major head with a oneDNN-packed copy for several rows, for DoLa and entropy decoding). See
-        model/linear.py."""
+        row-major head with a oneDNN-packed copy for several rows, for DoLa and entropy decoding), or
+        "packed_head" (all row-major, the head packed: DoLa and entropy decoding where the one-row kernel runs).
+        `model.linear.choose_weight_layout` picks one. See model/linear.py."""
         check_weight_layout(layout)
         self.weight_layout = layout
         arrange_weights(self, layout)

@@ -176,7 +176,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     check_finite scans every tensor for NaN/inf (one pass over the weights).
     weight_layout "column_major" stores float32 CPU matrices transposed: faster batch-1 decoding, slower beam
     search and batches; "column_major_blocks" all but the head, which gets a oneDNN-packed copy (+ the head's bytes),
-    for DoLa / entropy decoding (model/linear.py).
+    for DoLa / entropy decoding; "packed_head" packs the head and keeps every matrix row-major (model/linear.py).
     Both copy the matrices while loading (about 0.5 s more here).
     """
     check_weight_layout(weight_layout)

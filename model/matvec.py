@@ -8,8 +8,8 @@ one row through all of SmolLM2's matrices takes 23 ms in float32 (PyTorch: 47 ms
 in int8 (model/quantize.py; PyTorch's int8 kernel: 14).
 
 The kernel is C++, so it is compiled on first use, once per machine, with the C++ compiler that torch.compile
-also needs (`g++`, about 15 s; scripts/setup.sh does it), and cached under ~/.cache/scratch-lm/kernels/ keyed by the source and torch
-version. `matvec_available()` is False, and `model/linear.py` keeps PyTorch's products (the same numbers up to
+also needs (`g++`, about 15 s; scripts/setup.sh does it), and cached under ~/.cache/scratch-lm/kernels/ keyed
+by the source and torch's version. `matvec_available()` is False, and `model/linear.py` keeps PyTorch's products (the same numbers up to
 float rounding), where it cannot run: not an x86 CPU with AVX2/FMA/F16C, no compiler, or
 SCRATCH_LM_MATVEC=0 in the environment (to compare the two).
 """
@@ -60,7 +60,7 @@ def build(source: Path = SOURCE) -> Path:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=CACHE_DIR) as scratch:
         partial = Path(scratch) / library.name
-        print(f"scratch-lm: compiling {source.name} once for this machine (about 20 s)...", file=sys.stderr)
+        print(f"scratch-lm: compiling {source.name} once for this machine (about 15 s)...", file=sys.stderr)
         subprocess.run(compile_command(source, partial), check=True, capture_output=True, text=True)
         os.replace(partial, library)
     return library

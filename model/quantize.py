@@ -3,19 +3,18 @@
     W[o, i] ~ scale[o] * q[o, i],   scale[o] = max_i |W[o, i]| / 127,   q = round(W / scale) in [-127, 127]
 
 Activations, norms, the embedding and the KV cache keep the model's dtype; only the matrices a decode step
-streams are quantized: q/k/v/o, gate/up/down and the head (SmolLM2-135M: 134 MB instead of 270 MB in bf16). The rounding error of each weight is at most scale / 2, i.e. 1/254 of its row's largest
-weight (llama.cpp's Q8_0 is the same idea with one scale per 32 weights).
+streams are quantized: q/k/v/o, gate/up/down and the head (SmolLM2-135M: 134 MB instead of 270 MB in bf16).
+The rounding error of each weight is at most scale / 2, i.e. 1/254 of its row's largest weight (llama.cpp's
+Q8_0 is the same idea with one scale per 32 weights).
 
-The product: for one row on an x86 CPU, the hand-written kernel of model/matvec.cpp (int8 widened to float32,
-the row's scale applied once): it streams the 134 MB in about 8 ms. Otherwise PyTorch's CPU kernel
-`_weight_int8pack_mm` multiplies bfloat16 rows by the int8 matrix and applies the scales. Measured on a 2-core AVX2 CPU: with the matrix in cache it multiplies the 3072 x 576 gate/up by one
-row in 133 µs against 224 for the bf16 product (2-4 rows: 3x faster), but multiplying one row by every matrix of
-SmolLM2 once took 24.6 ms in int8 against 18.8 ms in bf16 (scripts/bench.py's floor): on this CPU the kernel,
-not the bytes, sets the pace. With float32 or float16 activations it is several times slower than the plain
-product, and for many rows (a prompt) the float32 product of the dequantized matrix is faster. So `int8_linear`
-uses the kernel for a few bfloat16 rows on the CPU and otherwise multiplies by the dequantized matrix
-(`dequantize_int8`): the same numbers, just slower. What int8 buys here is memory and, inside the compiled step
-(`compile=True`), speed: 44.3 tok/s against 35.7 for bf16 (scripts/bench.py, same run).
+The product, measured on a 2-core AVX2 CPU: for one row, the hand-written kernel of model/matvec.cpp (int8
+widened to float32, the row's scale applied once) streams all of SmolLM2's int8 matrices in about 8 ms (bf16:
+13). For 2-63 bfloat16 rows, PyTorch's CPU kernel `_weight_int8pack_mm` multiplies by the int8 matrix and
+applies the scales (2-4 rows: 3x faster than the bf16 product; it also serves one row where matvec.cpp cannot
+be built). With float32 or float16 activations that kernel is several times slower than the plain product, and
+for many rows (a prompt) the float32 product of the dequantized matrix is faster, so `int8_linear` multiplies
+by the dequantized matrix (`dequantize_int8`) there: the same numbers, just slower. Compiled (`compile=True`),
+int8 decodes at 67 tok/s against 47 for bf16 (scripts/bench.py, same run; README).
 
 With a tied head (SmolLM2), the head gets its own int8 copy and the embedding stays in the model's dtype (a
 lookup reads one row per token, so its bytes do not matter): `lm_head.weight` is then no longer the embedding.

@@ -18,7 +18,7 @@ import torch
 import model.matvec as matvec_module
 from conftest import save_tiny_llama
 from model import load_pretrained
-from model.linear import choose_weight_layout, linear, uses_matvec_kernel
+from model.linear import linear, uses_matvec_kernel
 from model.matvec import build, cpu_can_run_it, matvec, matvec_available
 
 CAN_BUILD = cpu_can_run_it() and shutil.which("g++") is not None
@@ -163,12 +163,3 @@ print("ok")
     result = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
 
-
-def test_the_layout_choice_follows_the_kernel(monkeypatch):
-    import model.linear as linear_module
-
-    for available, greedy, dola in ((True, "row_major", "packed_head"), (False, "column_major", "column_major_blocks")):
-        monkeypatch.setattr(linear_module, "matvec_available", lambda: available)
-        assert choose_weight_layout(one_row_blocks=True, one_row_head=True) == greedy
-        assert choose_weight_layout(one_row_blocks=True, one_row_head=False) == dola
-        assert choose_weight_layout(one_row_blocks=False, one_row_head=False) == "row_major"

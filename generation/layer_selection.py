@@ -80,7 +80,7 @@ class LayerSelectionOptions:
                                  "generator=torch.Generator().manual_seed(...) so the draws are reproducible")
             return [EntropyLayerChoice(tuple(steps), self.entropy_decoding, self.entropy_normalize,
                                        self.entropy_consistency_alpha, self.entropy_record_tokens,
-                                       log_prob_inputs=num_beams > 1)]
+                                       log_prob_inputs=num_beams > 1, num_hidden_layers=config.num_hidden_layers)]
         return steps
 
 

@@ -66,19 +66,28 @@ def build(source: Path = SOURCE) -> Path:
     return library
 
 
+def load_kernel(source: Path, switch: str) -> bool:
+    """Build `source` (once per machine) and load it into torch; False where it cannot run: the environment
+    variable `switch` is "0", the CPU lacks AVX2/FMA/F16C, there is no g++, or the build failed (with a warning
+    that quotes the compiler). generation/entropy.cpp is loaded the same way."""
+    if os.environ.get(switch, "1") == "0" or not cpu_can_run_it() or shutil.which("g++") is None:
+        return False
+    try:
+        library = build(source)
+    except (OSError, subprocess.CalledProcessError) as err:
+        detail = getattr(err, "stderr", "") or str(err)
+        warnings.warn(f"scratch-lm could not compile {source.name}, so PyTorch's slower operations run instead: "
+                      f"{detail.strip()[-500:]}", stacklevel=4)
+        return False
+    torch.ops.load_library(str(library))
+    return True
+
+
 @functools.cache
 def _load() -> bool:
     """Build (once per machine) and load the kernel; False where it cannot run (see the module docstring)."""
-    if os.environ.get("SCRATCH_LM_MATVEC", "1") == "0" or not cpu_can_run_it() or shutil.which("g++") is None:
+    if not load_kernel(SOURCE, "SCRATCH_LM_MATVEC"):
         return False
-    try:
-        library = build()
-    except (OSError, subprocess.CalledProcessError) as err:
-        detail = getattr(err, "stderr", "") or str(err)
-        warnings.warn(f"scratch-lm could not compile {SOURCE.name}, so decoding uses PyTorch's slower "
-                      f"matrix-vector products: {detail.strip()[-500:]}", stacklevel=3)
-        return False
-    torch.ops.load_library(str(library))
 
     @torch.library.register_fake("scratch_lm::matvec")
     def _(weight: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:  # for tracing

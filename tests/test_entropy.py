@@ -9,8 +9,9 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from generation.entropy import (check_entropy_arguments, consistency_cost, entropy_bits, random_after_index,
-                                trough_index, walk_to_trough)
+import generation.entropy as entropy_module
+from generation.entropy import (check_entropy_arguments, consistency_cost, entropy_and_top_token, entropy_bits,
+                                entropy_kernel_available, random_after_index, trough_index, walk_to_trough)
 
 
 def test_entropy_bits_hand_computed():
@@ -21,6 +22,72 @@ def test_entropy_bits_hand_computed():
     assert entropy_bits(one_hot).item() == pytest.approx(0.0)
     p = torch.tensor([0.7, 0.2, 0.1])
     assert entropy_bits(p.log()).item() == pytest.approx(-(p * p.log2()).sum().item(), abs=1e-6)
+
+
+def entropy_float64(scores: torch.Tensor) -> torch.Tensor:
+    """The definition, -sum p log2 p with 0 log 0 = 0, in float64."""
+    p = scores.double().softmax(-1)
+    return -torch.where(p > 0, p * p.log2(), torch.zeros_like(p)).sum(-1)
+
+
+def awkward_rows(width: int, generator: torch.Generator) -> torch.Tensor:
+    """Rows (6, width): spread, filtered (-inf), uniform, one spike, a tie for the top, a very peaked one."""
+    rows = torch.randn(6, width, generator=generator) * 4
+    rows[1, 1::3] = -math.inf
+    rows[2] = 0.0
+    rows[3, width // 2] = 60.0
+    rows[4, [0, width - 1]] = 30.0  # the first of two equal maxima is argmax's choice
+    rows[5] *= 40.0
+    return rows
+
+
+needs_entropy_kernel = pytest.mark.skipif(not entropy_kernel_available(),
+                                          reason="the fused entropy kernel cannot be built here")
+
+
+@needs_entropy_kernel
+@pytest.mark.parametrize("width", [1, 2, 7, 8, 15, 16, 17, 96, 1001, 49152])
+def test_fused_kernel_gives_the_entropy_and_the_top_token(width):
+    rows = awkward_rows(width, torch.Generator().manual_seed(width))
+    entropy, top = entropy_and_top_token(rows)
+    finite = torch.isfinite(rows).any(-1)  # width 1: the filtered row has no token left (NaN, checked below)
+    torch.testing.assert_close(entropy[finite].double(), entropy_float64(rows)[finite], rtol=0, atol=2e-5)
+    # entropy_bits sums 49152 float32 terms in PyTorch's order: off by up to ~5e-5 relative at that width
+    torch.testing.assert_close(entropy[finite], entropy_bits(rows)[finite], rtol=1e-4, atol=2e-5)
+    assert torch.equal(top, rows.argmax(-1))
+    normalized, _ = entropy_and_top_token(rows, normalize=True)
+    if width > 1:
+        torch.testing.assert_close(normalized[finite].double(), entropy_float64(rows)[finite] / math.log2(width),
+                                   rtol=0, atol=2e-6)
+
+
+@needs_entropy_kernel
+def test_fused_kernel_on_hand_computed_rows_and_the_edge_cases():
+    rows = torch.full((5, 40), -math.inf)
+    rows[0, :4] = 0.0  # uniform over 4 tokens: exactly 2 bits
+    rows[1, :8] = 1.5  # over 8: exactly 3
+    rows[2, 7] = 0.0  # one token left: 0
+    rows[3] = torch.arange(40.0)
+    rows[3, 9] = math.nan  # a NaN: entropy NaN, argmax at the NaN (as torch.argmax)
+    entropy, top = entropy_and_top_token(rows)  # row 4: every token removed: NaN, like entropy_bits
+    assert entropy[:3].tolist() == [2.0, 3.0, 0.0]
+    assert entropy[3:].isnan().all() and entropy_bits(rows)[3:].isnan().all()
+    assert top.tolist() == rows.argmax(-1).tolist() == [0, 0, 7, 9, 0]
+    batch = torch.randn(3, 2, 50)  # leading dimensions are kept, as entropy_bits keeps them
+    entropy, top = entropy_and_top_token(batch)
+    assert entropy.shape == top.shape == (3, 2)
+    torch.testing.assert_close(entropy, entropy_bits(batch), rtol=0, atol=1e-5)
+
+
+def test_without_the_kernel_the_same_numbers_come_from_pytorch(monkeypatch):
+    rows = awkward_rows(300, torch.Generator().manual_seed(0))
+    monkeypatch.setattr(entropy_module, "entropy_kernel_available", lambda: False)
+    entropy, top = entropy_and_top_token(rows)
+    assert torch.equal(entropy, entropy_bits(rows)) and torch.equal(top, rows.argmax(-1))
+    half = rows.bfloat16()  # not float32: never the kernel
+    monkeypatch.undo()
+    entropy, top = entropy_and_top_token(half)
+    assert torch.equal(entropy, entropy_bits(half)) and torch.equal(top, half.argmax(-1))
 
 
 @pytest.mark.parametrize("costs, expected", [

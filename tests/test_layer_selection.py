@@ -228,6 +228,26 @@ def test_entropy_generate_records_and_lazy_walk_agree(untied8):
                        records["entropy_selected_token_ids"])
 
 
+def test_entropy_steps_take_their_first_layers_from_the_forward_head_matmul(untied8, monkeypatch):
+    """All layers (record_tokens) or the walk's first chunk come with the final logits (early_exit_layers): the
+    step then never heads them again. The numbers are checked against transformers in the next test."""
+    _, ours = untied8
+    ids = prompts(batch=2)
+    asked, original = [], ours.early_exit_logits
+    monkeypatch.setattr(ours, "early_exit_logits", lambda hidden, layers: asked.append(list(layers))
+                        or original(hidden, layers))
+    heads = []
+    hook = ours.lm_head.register_forward_hook(lambda module, args, out: heads.append(args[0].shape[0]))
+    try:
+        for record_tokens in (True, False):
+            generate(ours, ids, max_new_tokens=3, eos_token_id=[], entropy_decoding="trough",
+                     entropy_record_tokens=record_tokens)
+    finally:
+        hook.remove()
+    assert asked == []
+    assert heads == [8] * 6  # (1 + 7 layers) rows: the final position and layers 1..7, each of the 3 steps, twice
+
+
 def test_entropy_first_step_matches_transformers_hidden_states(untied8):
     hf, ours = untied8
     ids = prompts(batch=2)

@@ -130,7 +130,7 @@ def test_a_source_that_does_not_compile_raises_with_the_compiler_message(tmp_pat
 
 
 def test_a_failed_build_warns_and_falls_back(monkeypatch):
-    def failing_build():
+    def failing_build(source):
         raise subprocess.CalledProcessError(1, ["g++"], stderr="fatal error: torch/library.h: No such file")
 
     monkeypatch.setattr(matvec_module, "build", failing_build)

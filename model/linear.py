@@ -14,10 +14,12 @@ with SmolLM2-135M (scripts/bench.py), none changing what is computed beyond floa
    or a linear someone hooked (the lessons capture q with a forward hook), and the layer then runs the
    linears one by one. `CausalLM._apply` re-stacks after every `.to()`.
 
-2. The kernel form for a few rows. `F.linear(x, W)` = x @ W^T; for float32 with 2-32 rows (beam search,
-   a small batch, DoLa's early-exit head), MKL's general product is 1.2-2.6x slower than computing the same
-   numbers as (W @ x^T)^T, a tall-skinny product that streams W once at full speed. One row (plain
-   decoding) and long prompts keep F.linear, as do bfloat16/float16 (no gain there).
+2. The kernel form for a few rows, on AMD CPUs. `F.linear(x, W)` = x @ W^T; for float32 with 2-32 rows (beam
+   search, a small batch, DoLa's early-exit head), MKL's general product measured 1.2-2.6x slower on an AMD EPYC
+   than computing the same numbers as (W @ x^T)^T, a tall-skinny product that streams W once at full speed.
+   On an Intel Xeon (AVX-512) MKL runs its own fast kernels and F.linear measured faster for every row count
+   (2-64 rows through all of SmolLM2's blocks: 17-78 ms against 40-84), so only AMD CPUs take this form
+   (`tall_skinny_is_faster`). One row (plain decoding) and long prompts keep F.linear, as do bfloat16/float16.
 
 3. An optional column-major layout for float32 on the CPU (`weight_layout="column_major"` in
    `load_pretrained`, or `model.set_weight_layout`). Stored transposed (W^T contiguous, W a view of it),
@@ -115,7 +117,8 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
             out = out + bias
         return out.reshape(*x.shape[:-1], weight.shape[0])
     row_major = weight.stride(-1) == 1
-    if FEW_ROWS[0] <= rows <= FEW_ROWS[1] and row_major and x.dtype == torch.float32 and x.device.type == "cpu":
+    if (FEW_ROWS[0] <= rows <= FEW_ROWS[1] and row_major and x.dtype == torch.float32 and x.device.type == "cpu"
+            and tall_skinny_is_faster()):
         out = (weight @ x.reshape(rows, -1).t()).t().contiguous()  # (rows, out): the tall-skinny kernel (point 2)
         if bias is not None:
             out = out + bias
@@ -135,6 +138,25 @@ def uses_matvec_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
 
 
 MATVEC_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@functools.cache
+def tall_skinny_is_faster() -> bool:
+    """Point 2: (W @ x^T)^T beats MKL's F.linear for a few float32 rows on AMD CPUs, where it was measured; on
+    Intel ones F.linear is faster, and elsewhere (other vendors, other BLAS) the default is kept."""
+    return cpu_vendor() == "AuthenticAMD"
+
+
+def cpu_vendor() -> str:
+    """The x86 vendor string of /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), or "" where there is none."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("vendor_id"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return ""
 
 
 @functools.cache

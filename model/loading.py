@@ -211,7 +211,9 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     # the .to() below then finds everything in place.
     model.weight_layout = weight_layout
     arrange_weights(model, weight_layout, on_copied=release_file_pages)
-    return model.to(device=device).eval()
+    if device is not None:  # (.to() re-arranges every weight: skipped when there is nothing to move)
+        model = model.to(device=device)
+    return model.eval()
 
 
 def _read_state(files: dict[str, Path], name_map: Callable[[str], str], dtype: torch.dtype | None,

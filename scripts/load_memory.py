@@ -50,7 +50,7 @@ def main() -> None:
     weights = sum(p.numel() * p.element_size() for p in model.parameters()) / 2**20
     over = status_mib("VmHWM") - start_rss
     name = f"ours {layout}" if which == "ours" else which
-    print(f"{name}: load + first forward {elapsed:.2f} s, weights {weights:.0f} MiB, "
+    print(f"{name}: load + first forward {elapsed:.3f} s, weights {weights:.0f} MiB, "
           f"peak RSS over start {over:.0f} MiB = {over / weights:.2f}x the weights")
 
 

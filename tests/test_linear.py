@@ -15,7 +15,8 @@ from torch import nn
 from conftest import save_tiny_llama
 from model import load_pretrained
 from model.layers import RMSNorm, rms_norm_reference
-from model.linear import linear, stack_rows
+import model.linear as linear_module
+from model.linear import cpu_vendor, linear, stack_rows, tall_skinny_is_faster
 
 
 def storage_bytes(model: nn.Module) -> int:
@@ -88,9 +89,11 @@ def test_conversion_restacks_in_the_new_dtype(tmp_path):
 
 @pytest.mark.parametrize("rows", [1, 2, 4, 9, 31, 32, 33, 100])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
-def test_linear_equals_f_linear_for_any_number_of_rows(rows, dtype):
-    """`linear` switches kernel form for 2-32 rows of float32 and computes half precision in float32 from 32 rows
-    on; the numbers must be F.linear's (to rounding)."""
+@pytest.mark.parametrize("tall_skinny", [True, False])  # AMD CPUs take (W @ x^T)^T for 2-32 rows, others F.linear
+def test_linear_equals_f_linear_for_any_number_of_rows(rows, dtype, tall_skinny, monkeypatch):
+    """`linear` switches kernel form for 2-32 rows of float32 (on AMD CPUs) and computes half precision in float32
+    from 32 rows on; the numbers must be F.linear's (to rounding)."""
+    monkeypatch.setattr(linear_module, "tall_skinny_is_faster", lambda: tall_skinny)
     generator = torch.Generator().manual_seed(rows)
     weight = torch.randn(48, 20, generator=generator).to(dtype)
     bias = torch.randn(48, generator=generator).to(dtype)
@@ -100,6 +103,12 @@ def test_linear_equals_f_linear_for_any_number_of_rows(rows, dtype):
     assert got.shape == (rows, 1, 48) and got.dtype == dtype and got.is_contiguous()
     tolerance = 1e-5 if dtype == torch.float32 else 0.1
     torch.testing.assert_close(got.double(), expected, atol=tolerance, rtol=0)
+
+
+def test_only_amd_cpus_take_the_tall_skinny_form():
+    vendor = cpu_vendor()
+    assert vendor == "" or vendor.isalpha()  # e.g. "GenuineIntel"; "" off x86 Linux
+    assert tall_skinny_is_faster() == (vendor == "AuthenticAMD")
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

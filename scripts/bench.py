@@ -235,35 +235,52 @@ def _has_llama_cpp() -> bool:
 
 
 def bench_llama_cpp(args) -> None:
-    """llama.cpp on GGUF files of the same weights (optional: pip install llama-cpp-python)."""
+    """llama.cpp on GGUF files of the same weights (optional: pip install llama-cpp-python). Each file runs in a
+    process of its own, so that a crash inside llama.cpp (its AMX build segfaulted on Q8_0 and Q4_1 files on a
+    Xeon) is reported as a line and the other files are still timed."""
     if not _has_llama_cpp():
         print("\nllama.cpp: not installed (pip install llama-cpp-python, ~12 minutes to compile)")
         return
-    from llama_cpp import Llama
+    import multiprocessing
 
     from model.zoo import DEFAULT_MODEL, get_model, locate_gguf
     from tokenizer import load_tokenizer
 
     ids = inputs(load_tokenizer(args.model or default_model_path()), "greedy")[0][0].tolist()  # the same chat prompt
-    files = args.gguf or [locate_gguf(get_model(DEFAULT_MODEL))]
-    for gguf in files:
-        llm = Llama(model_path=str(gguf), n_ctx=1024, n_threads=torch.get_num_threads(), verbose=False)
-
-        def greedy(new_tokens: int) -> float:
-            """Seconds for the prompt and new_tokens greedy tokens (EOS ignored, like the other cases)."""
-            llm.reset()
-            start = time.perf_counter()
-            for made, _ in enumerate(llm.generate(ids, temp=0.0, reset=True), start=1):
-                if made == new_tokens:
-                    break
-            return time.perf_counter() - start
-
-        greedy(2)  # warm-up
-        full = statistics.median(greedy(args.new_tokens) for _ in range(args.repeats))
-        one = statistics.median(greedy(1) for _ in range(args.repeats))
+    context = multiprocessing.get_context("spawn")
+    for gguf in args.gguf or [locate_gguf(get_model(DEFAULT_MODEL))]:
+        results = context.Queue()
+        worker = context.Process(target=time_llama_cpp, args=(str(gguf), ids, args.new_tokens, args.repeats,
+                                                               torch.get_num_threads(), results))
+        worker.start()
+        worker.join()
+        if worker.exitcode != 0:
+            print(f"| llama.cpp | {Path(gguf).name} greedy | | crashed (exit code {worker.exitcode}) | | | | |")
+            continue
+        full, one = results.get()
         print(f"| llama.cpp | {Path(gguf).name} greedy | | {args.new_tokens / full:.1f} | | | | |")
         print(f"# llama.cpp {Path(gguf).name}: decode only {(args.new_tokens - 1) / (full - one):.1f} tok/s "
               f"(prefill + first token {one:.2f} s)", flush=True)
+
+
+def time_llama_cpp(gguf: str, ids: list[int], new_tokens: int, repeats: int, threads: int, results) -> None:
+    """Median seconds for the prompt plus `new_tokens` greedy tokens (EOS ignored, like the other cases), and for
+    the prompt plus one token; put on `results`."""
+    from llama_cpp import Llama
+
+    llm = Llama(model_path=gguf, n_ctx=1024, n_threads=threads, verbose=False)
+
+    def greedy(count: int) -> float:
+        llm.reset()
+        start = time.perf_counter()
+        for made, _ in enumerate(llm.generate(ids, temp=0.0, reset=True), start=1):
+            if made == count:
+                break
+        return time.perf_counter() - start
+
+    greedy(2)  # warm-up
+    results.put((statistics.median(greedy(new_tokens) for _ in range(repeats)),
+                 statistics.median(greedy(1) for _ in range(repeats))))
 
 
 if __name__ == "__main__":

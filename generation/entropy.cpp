@@ -105,7 +105,7 @@ float row_entropy_bits(const float* z, int64_t V, float m) {
   double S = sum8(_mm256_add_ps(s0, s1)), T = sum8(_mm256_add_ps(t0, t1));
   for (int64_t i = vectorized; i < V; ++i) {
     if (z[i] != -std::numeric_limits<float>::infinity()) {
-      const double d = z[i] - m;
+      const double d = static_cast<double>(z[i]) - m;  // in double: z - m may pass -FLT_MAX
       S += std::exp(d);
       T += std::exp(d) * d;
     }

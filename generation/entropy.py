@@ -22,8 +22,9 @@ product reads the 49152 x 576 head once either way; measured on the default mode
 23 ms, 4 rows 37-62 ms, 8 rows 60-70 ms, 29 rows 140 ms), and on the default model the trough lies within
 8 layers of the top at 95% of steps (64 greedy tokens), so one chunk usually settles the walk.
 
-Two more measures keep the step cheap when it reads every layer (`entropy_record_tokens=True`): the layers it
-needs first come from the forward's own head matmul (`early_exit_layers`, as DoLa does), and each layer's
+Two more measures keep the step cheap, most of all when it reads every layer (`entropy_record_tokens=True`): the
+layers it needs first (all of them, or the walk's first chunk) come from the forward's own head matmul
+(`early_exit_layers`, as DoLa does), and each layer's
 entropy and top token come from one fused kernel (generation/entropy.cpp, `entropy_and_top_token`) instead of
 six PyTorch passes over fresh temporaries. `entropy_bits` stays the readable definition; a test holds the
 kernel to it (and to float64).
@@ -191,13 +192,14 @@ class EntropyLayerChoice:
     def __call__(self, scores: torch.Tensor, ctx) -> torch.Tensor:
         N = ctx.model.config.num_hidden_layers
         layers = list(range(1, N + 1))
+        early_exit, ctx = ctx.early_exit_logits, replace(ctx, early_exit_logits=None)  # this step's, not the processors'
         final = apply_logits_steps(self.processors, scores, ctx)  # (B, V) processed scores of layer N
         blocks: dict[int, torch.Tensor] = {}  # first layer of a block -> (L_b, B, V) processed scores
         entropies: dict[int, torch.Tensor] = {}  # first layer of a block -> (B, L_b)
         top_tokens: dict[int, torch.Tensor] = {}  # first layer of a block -> (B, L_b) each layer's top token
 
         def layer_costs(chunk: list[int]) -> torch.Tensor:  # chunk: consecutive layers, ascending
-            blocks[chunk[0]] = final[None] if chunk == [N] else self._process(chunk, ctx)
+            blocks[chunk[0]] = final[None] if chunk == [N] else self._process(chunk, ctx, early_exit)
             entropies[chunk[0]], top_tokens[chunk[0]], costs = self._costs(chunk, blocks[chunk[0]], ctx)
             return costs  # (B, len(chunk))
 
@@ -224,11 +226,11 @@ class EntropyLayerChoice:
             new_scores[inside] = block[chosen[inside] - first, rows[inside]]
         return new_scores
 
-    def _process(self, chunk: list[int], ctx) -> torch.Tensor:
-        """Early-exit logits of `chunk` (one matmul, or the loop's when it asked for them), through the
-        processors: (L_c, B, V)."""
-        if ctx.early_exit_logits is not None and tuple(chunk) == self.early_exit_layers:
-            logits = ctx.early_exit_logits.float()  # (L_c, B, V), headed with the final position
+    def _process(self, chunk: list[int], ctx, early_exit: torch.Tensor | None = None) -> torch.Tensor:
+        """Early-exit logits of `chunk` (one matmul, or `early_exit`, the loop's logits of this step's
+        early_exit_layers, when the chunk is those), through the processors: (L_c, B, V)."""
+        if early_exit is not None and tuple(chunk) == self.early_exit_layers:
+            logits = early_exit.float()  # (L_c, B, V), headed with the final position
         else:
             logits = ctx.model.early_exit_logits(ctx.hidden_states, chunk).float()  # (L_c, B, V)
         if self.log_prob_inputs:

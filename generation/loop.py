@@ -130,7 +130,7 @@ def decode_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
 def _model_runner(model, max_length: int, steps: Sequence[LogitsStep]):
     """prefill / decode_one_token through the model's forward, with what the steps ask for."""
     hidden = needs_hidden_states(steps)  # ask for every layer's hidden state only if a step uses them
-    early_exit = early_exit_request(steps)  # DoLa: its layers' logits come with the final ones
+    early_exit = early_exit_request(steps)  # DoLa, entropy: their layers' logits come with the final ones
     # Preallocated for the whole run (written in place each step); sliding-window layers keep only their window.
     cache = cache_for_config(model.config, max_length=max_length)
 

@@ -140,13 +140,14 @@ def uses_matvec_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
 MATVEC_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
 
 
-@functools.cache
+@torch.compiler.assume_constant_result  # torch.compile cannot trace reading a file: asked once, then a constant
 def tall_skinny_is_faster() -> bool:
     """Point 2: (W @ x^T)^T beats MKL's F.linear for a few float32 rows on AMD CPUs, where it was measured; on
     Intel ones F.linear is faster, and elsewhere (other vendors, other BLAS) the default is kept."""
     return cpu_vendor() == "AuthenticAMD"
 
 
+@functools.cache
 def cpu_vendor() -> str:
     """The x86 vendor string of /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), or "" where there is none."""
     try:

@@ -208,7 +208,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
         model.lm_head.weight = model.embed_tokens.weight  # assign=True replaced the shared Parameter
     del state  # the model holds the tensors now
     # Stack q/k/v and gate/up (model/linear.py) here, releasing each copied tensor's file pages as we go;
-    # the .to() below then finds everything in place.
+    # a .to(device) below then finds everything in place.
     model.weight_layout = weight_layout
     arrange_weights(model, weight_layout, on_copied=release_file_pages)
     if device is not None:  # (.to() re-arranges every weight: skipped when there is nothing to move)

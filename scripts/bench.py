@@ -249,15 +249,19 @@ def bench_llama_cpp(args) -> None:
     ids = inputs(load_tokenizer(args.model or default_model_path()), "greedy")[0][0].tolist()  # the same chat prompt
     context = multiprocessing.get_context("spawn")
     for gguf in args.gguf or [locate_gguf(get_model(DEFAULT_MODEL))]:
-        results = context.Queue()
+        reader, writer = context.Pipe(duplex=False)
         worker = context.Process(target=time_llama_cpp, args=(str(gguf), ids, args.new_tokens, args.repeats,
-                                                               torch.get_num_threads(), results))
+                                                               torch.get_num_threads(), writer))
         worker.start()
+        writer.close()  # the worker holds the only writing end now: its death ends the pipe
+        try:
+            full, one = reader.recv()
+        except EOFError:  # it died without sending a result
+            full = one = None
         worker.join()
-        if worker.exitcode != 0:
+        if worker.exitcode != 0 or full is None:
             print(f"| llama.cpp | {Path(gguf).name} greedy | | crashed (exit code {worker.exitcode}) | | | | |")
             continue
-        full, one = results.get()
         print(f"| llama.cpp | {Path(gguf).name} greedy | | {args.new_tokens / full:.1f} | | | | |")
         print(f"# llama.cpp {Path(gguf).name}: decode only {(args.new_tokens - 1) / (full - one):.1f} tok/s "
               f"(prefill + first token {one:.2f} s)", flush=True)
@@ -265,7 +269,7 @@ def bench_llama_cpp(args) -> None:
 
 def time_llama_cpp(gguf: str, ids: list[int], new_tokens: int, repeats: int, threads: int, results) -> None:
     """Median seconds for the prompt plus `new_tokens` greedy tokens (EOS ignored, like the other cases), and for
-    the prompt plus one token; put on `results`."""
+    the prompt plus one token; sent through the pipe end `results`."""
     from llama_cpp import Llama
 
     llm = Llama(model_path=gguf, n_ctx=1024, n_threads=threads, verbose=False)
@@ -279,8 +283,8 @@ def time_llama_cpp(gguf: str, ids: list[int], new_tokens: int, repeats: int, thr
         return time.perf_counter() - start
 
     greedy(2)  # warm-up
-    results.put((statistics.median(greedy(new_tokens) for _ in range(repeats)),
-                 statistics.median(greedy(1) for _ in range(repeats))))
+    results.send((statistics.median(greedy(new_tokens) for _ in range(repeats)),
+                  statistics.median(greedy(1) for _ in range(repeats))))
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ needs_entropy_kernel = pytest.mark.skipif(not entropy_kernel_available(),
 def test_fused_kernel_gives_the_entropy_and_the_top_token(width):
     rows = awkward_rows(width, torch.Generator().manual_seed(width))
     entropy, top = entropy_and_top_token(rows)
-    finite = torch.isfinite(rows).any(-1)  # width 1: the filtered row has no token left (NaN, checked below)
+    finite = torch.isfinite(rows).any(-1)  # rows with a token left (all of them here; NaN rows: the next test)
     torch.testing.assert_close(entropy[finite].double(), entropy_float64(rows)[finite], rtol=0, atol=2e-5)
     # entropy_bits sums 49152 float32 terms in PyTorch's order: off by up to ~5e-5 relative at that width
     torch.testing.assert_close(entropy[finite], entropy_bits(rows)[finite], rtol=1e-4, atol=2e-5)

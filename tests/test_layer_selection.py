@@ -228,24 +228,36 @@ def test_entropy_generate_records_and_lazy_walk_agree(untied8):
                        records["entropy_selected_token_ids"])
 
 
-def test_entropy_steps_take_their_first_layers_from_the_forward_head_matmul(untied8, monkeypatch):
-    """All layers (record_tokens) or the walk's first chunk come with the final logits (early_exit_layers): the
-    step then never heads them again. The numbers are checked against transformers in the next test."""
-    _, ours = untied8
-    ids = prompts(batch=2)
+def test_entropy_steps_take_their_first_layers_from_the_forward_head_matmul(tmp_path, monkeypatch):
+    """All layers (record_tokens) or the walk's first chunk of 8 come with the final logits (early_exit_layers):
+    the step heads only what lies below that chunk itself, and chooses what it chose without the request."""
+    _, ours = tiny_pair(tmp_path, 12, False, seed=2)  # N = 12: the first chunk is layers 4..11
+    ids = prompts(batch=3)
     asked, original = [], ours.early_exit_logits
     monkeypatch.setattr(ours, "early_exit_logits", lambda hidden, layers: asked.append(list(layers))
                         or original(hidden, layers))
     heads = []
     hook = ours.lm_head.register_forward_hook(lambda module, args, out: heads.append(args[0].shape[0]))
     try:
-        for record_tokens in (True, False):
-            generate(ours, ids, max_new_tokens=3, eos_token_id=[], entropy_decoding="trough",
-                     entropy_record_tokens=record_tokens)
+        runs = {record: generate(ours, ids, max_new_tokens=4, eos_token_id=[], entropy_decoding="trough",
+                                 entropy_record_tokens=record, repetition_penalty=1.3, do_sample=True, top_k=20,
+                                 generator=torch.Generator().manual_seed(0))
+                for record in (True, False)}
     finally:
         hook.remove()
-    assert asked == []
-    assert heads == [8] * 6  # (1 + 7 layers) rows: the final position and layers 1..7, each of the 3 steps, twice
+    assert heads == [12] * 4 + [9] * 4  # (1 + 11) rows, then (1 + 8): prefill and 3 steps each
+    assert all(max(layers) < 4 for layers in asked)  # only below the first chunk, when a walk went that deep
+    assert torch.equal(runs[True].sequences, runs[False].sequences)  # the full table and the walk agree
+    records = stack_records(runs[True].records)
+    assert torch.equal(records["entropy_selected_layer_indices"],
+                       stack_records(runs[False].records)["entropy_selected_layer_indices"])
+    # The same step built without the model's N asks for nothing and heads every layer itself: same choices.
+    requested = generate(ours, ids, max_new_tokens=4, eos_token_id=[], entropy_decoding="trough")
+    itself = generate(ours, ids, max_new_tokens=4, eos_token_id=[], logits_steps=[EntropyLayerChoice()])
+    assert EntropyLayerChoice().early_exit_layers == ()
+    assert torch.equal(requested.sequences, itself.sequences)
+    assert torch.equal(stack_records(requested.records)["entropy_selected_layer_indices"],
+                       stack_records(itself.records)["entropy_selected_layer_indices"])
 
 
 def test_entropy_first_step_matches_transformers_hidden_states(untied8):

@@ -24,10 +24,9 @@ product reads the 49152 x 576 head once either way; measured on the default mode
 
 Two more measures keep the step cheap, most of all when it reads every layer (`entropy_record_tokens=True`): the
 layers it needs first (all of them, or the walk's first chunk) come from the forward's own head matmul
-(`early_exit_layers`, as DoLa does), and each layer's
-entropy and top token come from one fused kernel (generation/entropy.cpp, `entropy_and_top_token`) instead of
-six PyTorch passes over fresh temporaries. `entropy_bits` stays the readable definition; a test holds the
-kernel to it (and to float64).
+(`early_exit_layers`, as DoLa does), and each layer's entropy and top token come from one fused kernel
+(generation/entropy.cpp, `entropy_and_top_token`) instead of six PyTorch passes over fresh temporaries.
+`entropy_bits` stays the readable definition; a test holds the kernel to it (and to float64).
 
 Layers are numbered like `hidden_states`: j = output of block j, 1..N, with N the normal last layer.
 """

@@ -191,7 +191,8 @@ class EntropyLayerChoice:
     def __call__(self, scores: torch.Tensor, ctx) -> torch.Tensor:
         N = ctx.model.config.num_hidden_layers
         layers = list(range(1, N + 1))
-        early_exit, ctx = ctx.early_exit_logits, replace(ctx, early_exit_logits=None)  # this step's, not the processors'
+        # The loop's early-exit logits are for this step's layers, not for the processors it wraps.
+        early_exit, ctx = ctx.early_exit_logits, replace(ctx, early_exit_logits=None)
         final = apply_logits_steps(self.processors, scores, ctx)  # (B, V) processed scores of layer N
         blocks: dict[int, torch.Tensor] = {}  # first layer of a block -> (L_b, B, V) processed scores
         entropies: dict[int, torch.Tensor] = {}  # first layer of a block -> (B, L_b)

@@ -148,10 +148,10 @@ def tall_skinny_is_faster() -> bool:
 
 
 @functools.cache
-def cpu_vendor() -> str:
+def cpu_vendor(cpuinfo: str = "/proc/cpuinfo") -> str:
     """The x86 vendor string of /proc/cpuinfo ("GenuineIntel", "AuthenticAMD"), or "" where there is none."""
     try:
-        with open("/proc/cpuinfo") as info:
+        with open(cpuinfo) as info:
             for line in info:
                 if line.startswith("vendor_id"):
                     return line.split(":", 1)[1].strip()

@@ -105,10 +105,19 @@ def test_linear_equals_f_linear_for_any_number_of_rows(rows, dtype, tall_skinny,
     torch.testing.assert_close(got.double(), expected, atol=tolerance, rtol=0)
 
 
-def test_only_amd_cpus_take_the_tall_skinny_form():
-    vendor = cpu_vendor()
-    assert vendor == "" or vendor.isalpha()  # e.g. "GenuineIntel"; "" off x86 Linux
-    assert tall_skinny_is_faster() == (vendor == "AuthenticAMD")
+@pytest.mark.parametrize("lines, vendor, tall_skinny", [
+    (["processor\t: 0", "vendor_id\t: AuthenticAMD", "model name\t: AMD EPYC"], "AuthenticAMD", True),
+    (["processor\t: 0", "vendor_id\t: GenuineIntel", "flags\t\t: avx512f amx_tile"], "GenuineIntel", False),
+    (["processor\t: 0", "CPU implementer\t: 0x41"], "", False),  # an ARM /proc/cpuinfo has no vendor_id
+    (None, "", False),  # no /proc/cpuinfo at all (macOS, Windows)
+])
+def test_only_amd_cpus_take_the_tall_skinny_form(tmp_path, monkeypatch, lines, vendor, tall_skinny):
+    cpuinfo = tmp_path / "cpuinfo"
+    if lines is not None:
+        cpuinfo.write_text("\n".join(lines) + "\n")
+    assert cpu_vendor(str(cpuinfo)) == vendor
+    monkeypatch.setattr(linear_module, "cpu_vendor", lambda: vendor)
+    assert tall_skinny_is_faster() is tall_skinny
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -51,7 +51,10 @@ with SmolLM2-135M (scripts/bench.py), none changing what is computed beyond floa
    weight at 10-16 GB/s on this CPU, memory gives 25: all of SmolLM2's matrices take 23 ms in float32 (MKL: 47
    row-major, 34-37 column-major) and 13 ms in bf16 (PyTorch: 20-23). It needs a row-major contiguous weight, so
    where it runs, row-major is the layout for one row too (`choose_weight_layout`); where it cannot (no AVX2, no
-   compiler, gradients wanted), the products above run instead.
+   compiler, gradients wanted), the products above run instead. Those numbers are an AMD EPYC's. On an Intel Xeon
+   (AVX-512) MKL is the faster one in float32 (all matrices: 17.3 ms column-major, 18.8 row-major, the kernel
+   20.5-22), so there float32 keeps MKL and the column-major layout (`float32_kernel_is_faster`); bf16/fp16 take
+   the kernel on both (Xeon: 10.7 ms against PyTorch's 17-23).
 """
 
 from __future__ import annotations
@@ -80,10 +83,11 @@ def check_weight_layout(layout: str) -> None:
 def choose_weight_layout(one_row_blocks: bool, one_row_head: bool) -> str:
     """The fastest layout for a run whose blocks / head multiply one row per step (batch-1 greedy or sampling:
     both; DoLa and entropy decoding: the blocks only, the head takes one row per early-exit layer; beams,
-    batches, speculative verification: neither). Measured on the benchmark's CPU; see points 3, 5 and 6."""
+    batches, speculative verification: neither). Measured on the benchmark's CPUs; see points 3, 5 and 6. Only
+    float32 CPU weights follow it (`prefers_column_major`): bf16/fp16 stay row-major for the kernel."""
     if not one_row_blocks:
         return "row_major"
-    kernel = matvec_available()  # the one-row kernel needs row-major weights and beats column-major MKL
+    kernel = float32_kernel_is_faster()  # it needs row-major weights; where it loses, column-major MKL is fastest
     if one_row_head:
         return "row_major" if kernel else "column_major"
     return "packed_head" if kernel else "column_major_blocks"
@@ -134,10 +138,17 @@ def uses_matvec_kernel(x: torch.Tensor, weight: torch.Tensor) -> bool:
     weight, the input in the same dtype, no gradient wanted (the kernel has no backward), and it could be built."""
     return (x.device.type == "cpu" and x.dtype == weight.dtype and weight.dtype in MATVEC_DTYPES
             and weight.is_contiguous() and not (torch.is_grad_enabled() and (weight.requires_grad or x.requires_grad))
-            and matvec_available())
+            and (float32_kernel_is_faster() if weight.dtype == torch.float32 else matvec_available()))
 
 
 MATVEC_DTYPES = (torch.float32, torch.bfloat16, torch.float16)
+
+
+@torch.compiler.assume_constant_result  # torch.compile cannot trace reading a file: asked once, then a constant
+def float32_kernel_is_faster() -> bool:
+    """Point 6: the one-row kernel runs here and beats MKL in float32; not on Intel CPUs, where MKL takes its own
+    AVX-512 paths. bfloat16/float16/int8 take the kernel wherever it runs."""
+    return matvec_available() and cpu_vendor() != "GenuineIntel"
 
 
 @torch.compiler.assume_constant_result  # torch.compile cannot trace reading a file: asked once, then a constant

@@ -176,12 +176,15 @@ def test_int8_output_equals_transformers_on_the_dequantized_weights(tiny, cli, c
     (["--num-beams", "2", "--weight-layout", "column_major"], "column_major", "column_major"),
 ])
 def test_auto_weight_layout_follows_the_rows_of_the_products(cli, monkeypatch, flags, with_kernel, without_kernel):
-    """One-row products: row-major where the one-row kernel runs (model/matvec.cpp), column-major MKL otherwise."""
+    """One-row products: row-major where the one-row kernel beats MKL in float32 (model/matvec.cpp), column-major
+    MKL otherwise (no kernel, or an Intel CPU)."""
     import model.linear
 
     module = sys.modules["generate_cli"]
     args = module.build_parser().parse_args(["--prompt", "hi", *flags])
-    for kernel, layout in ((True, with_kernel), (False, without_kernel)):
+    for vendor, kernel, layout in (("AuthenticAMD", True, with_kernel), ("AuthenticAMD", False, without_kernel),
+                                   ("GenuineIntel", True, without_kernel)):
+        monkeypatch.setattr(model.linear, "cpu_vendor", lambda: vendor)
         monkeypatch.setattr(model.linear, "matvec_available", lambda: kernel)
         assert module.choose_weight_layout(args) == layout
 

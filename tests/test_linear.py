@@ -16,7 +16,7 @@ from conftest import save_tiny_llama
 from model import load_pretrained
 from model.layers import RMSNorm, rms_norm_reference
 import model.linear as linear_module
-from model.linear import cpu_vendor, linear, stack_rows, tall_skinny_is_faster
+from model.linear import cpu_vendor, float32_kernel_is_faster, linear, stack_rows, tall_skinny_is_faster
 
 
 def storage_bytes(model: nn.Module) -> int:
@@ -105,19 +105,24 @@ def test_linear_equals_f_linear_for_any_number_of_rows(rows, dtype, tall_skinny,
     torch.testing.assert_close(got.double(), expected, atol=tolerance, rtol=0)
 
 
-@pytest.mark.parametrize("lines, vendor, tall_skinny", [
-    (["processor\t: 0", "vendor_id\t: AuthenticAMD", "model name\t: AMD EPYC"], "AuthenticAMD", True),
-    (["processor\t: 0", "vendor_id\t: GenuineIntel", "flags\t\t: avx512f amx_tile"], "GenuineIntel", False),
-    (["processor\t: 0", "CPU implementer\t: 0x41"], "", False),  # an ARM /proc/cpuinfo has no vendor_id
-    (None, "", False),  # no /proc/cpuinfo at all (macOS, Windows)
+@pytest.mark.parametrize("lines, vendor, tall_skinny, float32_kernel", [
+    (["processor\t: 0", "vendor_id\t: AuthenticAMD", "model name\t: AMD EPYC"], "AuthenticAMD", True, True),
+    (["processor\t: 0", "vendor_id\t: GenuineIntel", "flags\t\t: avx512f amx_tile"], "GenuineIntel", False, False),
+    (["processor\t: 0", "CPU implementer\t: 0x41"], "", False, True),  # an ARM /proc/cpuinfo has no vendor_id
+    (None, "", False, True),  # no /proc/cpuinfo at all (macOS, Windows)
 ])
-def test_only_amd_cpus_take_the_tall_skinny_form(tmp_path, monkeypatch, lines, vendor, tall_skinny):
+def test_the_cpu_vendor_decides_the_few_row_form_and_the_float32_kernel(tmp_path, monkeypatch, lines, vendor,
+                                                                        tall_skinny, float32_kernel):
+    """Tall-skinny only on AMD; the float32 one-row kernel wherever it runs except on Intel (MKL is faster)."""
     cpuinfo = tmp_path / "cpuinfo"
     if lines is not None:
         cpuinfo.write_text("\n".join(lines) + "\n")
     assert cpu_vendor(str(cpuinfo)) == vendor
     monkeypatch.setattr(linear_module, "cpu_vendor", lambda: vendor)
     assert tall_skinny_is_faster() is tall_skinny
+    for available in (True, False):
+        monkeypatch.setattr(linear_module, "matvec_available", lambda: available)
+        assert float32_kernel_is_faster() is (float32_kernel and available)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import model.linear as linear_module
 import model.matvec as matvec_module
 from conftest import save_tiny_llama
 from model import load_pretrained
@@ -83,10 +84,15 @@ def test_matvec_refuses_what_it_cannot_compute():
 
 
 @needs_kernel
-def test_linear_takes_the_kernel_only_where_it_applies():
+@pytest.mark.parametrize("vendor, float32_kernel", [("AuthenticAMD", True), ("GenuineIntel", False)])
+def test_linear_takes_the_kernel_only_where_it_applies(monkeypatch, vendor, float32_kernel):
+    """float32 only where the kernel beats MKL (not on Intel CPUs); bfloat16/float16 wherever it runs."""
+    monkeypatch.setattr(linear_module, "cpu_vendor", lambda: vendor)
     weight = torch.randn(64, 32)
     one_row = torch.randn(1, 1, 32)
-    assert uses_matvec_kernel(one_row, weight)
+    assert uses_matvec_kernel(one_row, weight) is float32_kernel
+    assert uses_matvec_kernel(one_row.bfloat16(), weight.bfloat16())
+    assert uses_matvec_kernel(one_row.half(), weight.half())
     assert not uses_matvec_kernel(one_row, weight.t().contiguous().t())  # column-major: MKL
     assert not uses_matvec_kernel(one_row.bfloat16(), weight)  # mixed dtypes
     assert not uses_matvec_kernel(one_row.double(), weight.double())
@@ -106,9 +112,10 @@ def test_gradients_still_flow_through_a_one_row_product():
 
 @needs_kernel
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_greedy_decoding_through_the_kernel_matches_transformers(tmp_path, dtype):
+def test_greedy_decoding_through_the_kernel_matches_transformers(tmp_path, monkeypatch, dtype):
     from generation import generate
 
+    monkeypatch.setattr(linear_module, "cpu_vendor", lambda: "AuthenticAMD")  # float32 too, on any x86 CPU
     hf = save_tiny_llama(tmp_path, hidden_size=64, intermediate_size=96).to(dtype)
     model = load_pretrained(tmp_path, dtype=dtype)
     ids = torch.tensor([[5, 9, 13, 40, 2, 77, 31]])

@@ -20,6 +20,7 @@ import importlib.util
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import tempfile
@@ -28,11 +29,14 @@ import zipfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, TextIO
+from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO
+
+if TYPE_CHECKING:
+    import numpy as np
 
 DEFAULT_MODEL = "smollm2-135m-instruct"
 MANIFEST = "zoo_manifest.json"  # written last: its presence marks a complete folder
-FORMAT_VERSION = 1  # bump when the conversion changes, so old folders are rebuilt
+FORMAT_VERSION = 2  # bump when the conversion changes, so old folders are rebuilt (2: tensors in stacking order)
 
 
 class ZooError(RuntimeError):
@@ -205,6 +209,45 @@ def _progress_printer(stream: TextIO) -> Callable[[int, int, str], None]:
     return progress
 
 
+# Inside a layer, the file order: the loader stacks q/k/v and gate/up into one matrix each (model/linear.py,
+# stack_rows), and parts that lie back to back in the file become that matrix without a copy.
+_LAYER_FILE_ORDER = ("input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", "post_attention_layernorm",
+                     "gate_proj", "up_proj", "down_proj")
+
+
+def file_order(name: str) -> tuple:
+    """Sort key of a tensor name: the embedding and other top-level tensors, then layer by layer in
+    _LAYER_FILE_ORDER (not alphabetical, which puts o_proj between k_proj and q_proj)."""
+    parts = name.split(".")
+    if len(parts) > 3 and parts[1] == "layers" and parts[2].isdigit():
+        module = next((p for p in parts[3:] if p in _LAYER_FILE_ORDER), None)
+        rank = _LAYER_FILE_ORDER.index(module) if module else len(_LAYER_FILE_ORDER)
+        return (1, int(parts[2]), rank, name)
+    return (0 if "embed" in name else 2, 0, 0, name)
+
+
+def save_safetensors(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) -> None:
+    """Write float32 arrays as a .safetensors file, in the order of `tensors` (safetensors' own writer sorts
+    them by name). Format: an 8-byte little-endian header size, a JSON header of dtype, shape and byte range per
+    tensor, then the bytes, back to back."""
+    import numpy as np  # here, like gguf: `list` and `path` stay instant
+
+    header: dict[str, Any] = {"__metadata__": metadata}
+    offset = 0
+    for name, array in tensors.items():
+        if array.dtype != np.float32:
+            raise ValueError(f"save_safetensors writes float32 arrays only; {name} is {array.dtype}")
+        header[name] = {"dtype": "F32", "shape": list(array.shape), "data_offsets": [offset, offset + array.nbytes]}
+        offset += array.nbytes
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)  # padded with spaces, so the data starts 8-byte aligned
+    with open(path, "wb") as file:
+        file.write(struct.pack("<Q", len(encoded)))
+        file.write(encoded)
+        for array in tensors.values():
+            file.write(np.ascontiguousarray(array, dtype="<f4").data)
+
+
 def _write_json(path: Path, obj: dict) -> None:
     path.write_text(json.dumps(obj, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -212,7 +255,6 @@ def _write_json(path: Path, obj: dict) -> None:
 def build_folder(gguf_path: Path, out_dir: Path, model: ZooModel, stream: TextIO = sys.stderr) -> None:
     """Convert the GGUF into a Hugging Face style folder `out_dir` (created; must not exist)."""
     from gguf import GGUFReader  # imported here so `list` and `path` stay instant
-    from safetensors.numpy import save_file
 
     from model import gguf_convert
 
@@ -223,7 +265,8 @@ def build_folder(gguf_path: Path, out_dir: Path, model: ZooModel, stream: TextIO
     tok_config = gguf_convert.tokenizer_config(reader, tokenizer, config)
     tensors = gguf_convert.dequantize_all(reader, config, _progress_printer(stream))
     # float32 on disk: the dequantized values exactly, so tests compare bit for bit (~540 MB).
-    save_file(tensors, str(out_dir / "model.safetensors"), metadata={"format": "pt"})
+    ordered = {name: tensors[name] for name in sorted(tensors, key=file_order)}
+    save_safetensors(ordered, out_dir / "model.safetensors", metadata={"format": "pt"})
     del tensors
     _write_json(out_dir / "config.json", config)
     _write_json(out_dir / "generation_config.json", gguf_convert.generation_config(config))

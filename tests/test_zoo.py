@@ -94,6 +94,47 @@ def test_transformers_loads_folder_with_same_logits(built, hf_gguf_model):
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
+def read_safetensors_header(path: Path) -> dict:
+    """The JSON header as the format defines it: an 8-byte little-endian size, then that many bytes."""
+    with open(path, "rb") as file:
+        size = int.from_bytes(file.read(8), "little")
+        return json.loads(file.read(size))
+
+
+def test_save_safetensors_keeps_the_given_order_and_reads_back_with_the_library(tmp_path):
+    rng = np.random.default_rng(0)
+    tensors = {"z.weight": rng.standard_normal((3, 5)).astype(np.float32), "a": np.arange(7, dtype=np.float32),
+               "m.bias": np.zeros((2, 1, 3), np.float32)}
+    path = tmp_path / "model.safetensors"
+    zoo.save_safetensors(tensors, path, metadata={"format": "pt"})
+    loaded = load_file(path)  # the safetensors library reads what we wrote
+    assert set(loaded) == set(tensors)
+    for name, array in tensors.items():
+        np.testing.assert_array_equal(loaded[name].numpy(), array)
+    header = read_safetensors_header(path)
+    assert header.pop("__metadata__") == {"format": "pt"}
+    starts = [header[name]["data_offsets"][0] for name in tensors]
+    assert starts == sorted(starts) == [0, 60, 88]  # 15 and 7 float32 before the third
+    with pytest.raises(ValueError, match="float32 arrays only; a is float64"):
+        zoo.save_safetensors({"a": np.zeros(2)}, tmp_path / "other.safetensors", metadata={})
+
+
+def test_folder_stores_each_layers_stacked_parts_back_to_back_and_loads_them_without_a_copy(built):
+    from model import load_pretrained
+
+    header = read_safetensors_header(built / "model.safetensors")
+    for layer in range(30):
+        for group in (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")):
+            ranges = [header[f"model.layers.{layer}.{part}.weight"]["data_offsets"] for part in group]
+            assert all(end == start for (_, end), (start, _) in zip(ranges, ranges[1:])), (layer, group)
+    model = load_pretrained(built)
+    attention = model.layers[7].self_attn
+    stacked = attention.qkv_proj.weight
+    assert stacked.data_ptr() == attention.q_proj.weight.data_ptr()  # a view of the parts, not a copy
+    assert torch.equal(stacked, torch.cat([attention.q_proj.weight, attention.k_proj.weight,
+                                           attention.v_proj.weight]))
+
+
 def test_tokenizer_encodes_like_transformers_gguf_tokenizer(built, hf_gguf_tokenizer):
     from tokenizers import Tokenizer
     from transformers import AutoTokenizer

@@ -91,7 +91,7 @@ def _load() -> bool:
 
     @torch.library.register_fake("scratch_lm::matvec")
     def _(weight: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:  # for tracing
-        return x.new_empty(weight.shape[0])
+        return x.new_empty((*x.shape[:-1], weight.shape[0]))
 
     return True
 
@@ -103,6 +103,7 @@ def matvec_available() -> bool:
 
 
 def matvec(weight: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
-    """weight (out, in) contiguous float32/bf16/fp16 on the CPU, x (in,) -> weight @ x (out,) in x's dtype;
-    an int8 weight with its scale (out,) gives scale * (weight @ x). Only after matvec_available() is True."""
+    """weight (out, in) contiguous float32/bf16/fp16 on the CPU, x (in,) -> weight @ x (out,) in x's dtype, or
+    x (rows, in) -> x @ weight^T (rows, out), each weight row read once for all rows (a few: see model/linear.py,
+    point 7); an int8 weight with its scale (out,) gives scale * (weight @ x). Only after matvec_available()."""
     return torch.ops.scratch_lm.matvec(weight, x, scale)

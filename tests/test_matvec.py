@@ -51,18 +51,36 @@ def test_matvec_equals_the_float64_product(dtype, shape):
 
 
 @needs_kernel
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("rows", [1, 2, 3, 4, 5, 7, 8])
+@pytest.mark.parametrize("shape", [(576, 576), (17, 33), (40, 8), (3, 1)])
+def test_matvec_of_several_rows_equals_the_float64_product(dtype, rows, shape):
+    """x (rows, in): groups of four rows and a smaller last group; widths that are not multiples of 16."""
+    out_features, in_features = shape
+    generator = torch.Generator().manual_seed(rows * 100 + out_features)
+    weight = torch.randn(shape, generator=generator).to(dtype)
+    x = torch.randn(rows, in_features, generator=generator).to(dtype)
+    result = matvec(weight, x)
+    exact = x.double() @ weight.double().t()
+    assert result.dtype == dtype and result.shape == (rows, out_features)
+    bound = 1e-5 * (x.double().abs() @ weight.double().abs().t()) + exact.abs() * torch.finfo(dtype).eps
+    assert ((result.double() - exact).abs() <= bound + 1e-30).all()
+
+
+@needs_kernel
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 @pytest.mark.parametrize("shape", [(576, 576), (17, 33), (5, 7)])
-def test_int8_matvec_applies_each_rows_scale(dtype, shape):
+@pytest.mark.parametrize("rows", [None, 3, 6])
+def test_int8_matvec_applies_each_rows_scale(dtype, shape, rows):
     from model.quantize import dequantize_int8, quantize_int8_rows
 
     generator = torch.Generator().manual_seed(shape[0])
     q, scale = quantize_int8_rows(torch.randn(shape, generator=generator) * torch.rand(shape[0], 1) * 3)
-    x = torch.randn(shape[1], generator=generator).to(dtype)
+    x = torch.randn(*([rows] if rows else []), shape[1], generator=generator).to(dtype)
     result = matvec(q, x, scale)
-    exact = dequantize_int8(q, scale, torch.float64) @ x.double()
-    magnitude = dequantize_int8(q, scale, torch.float64).abs() @ x.double().abs()
-    assert result.dtype == dtype
+    matrix = dequantize_int8(q, scale, torch.float64)
+    exact, magnitude = x.double() @ matrix.t(), x.double().abs() @ matrix.abs().t()
+    assert result.dtype == dtype and result.shape == exact.shape
     assert ((result.double() - exact).abs() <= 1e-5 * magnitude + exact.abs() * torch.finfo(dtype).eps).all()
 
 
@@ -93,6 +111,13 @@ def test_linear_takes_the_kernel_only_where_it_applies(monkeypatch, vendor, floa
     assert uses_matvec_kernel(one_row, weight) is float32_kernel
     assert uses_matvec_kernel(one_row.bfloat16(), weight.bfloat16())
     assert uses_matvec_kernel(one_row.half(), weight.half())
+    for rows in range(2, 10):  # point 7: float32 4-8 rows on Intel only, bf16/fp16 up to 4 rows anywhere
+        several = torch.randn(rows, 1, 32)
+        assert uses_matvec_kernel(several, weight) is (vendor == "GenuineIntel" and 4 <= rows <= 8), rows
+        assert uses_matvec_kernel(several.bfloat16(), weight.bfloat16()) is (rows <= 4), rows
+        with torch.no_grad():
+            expected = several.double() @ weight.double().t()
+            torch.testing.assert_close(linear(several, weight).double(), expected, atol=1e-5, rtol=0)
     assert not uses_matvec_kernel(one_row, weight.t().contiguous().t())  # column-major: MKL
     assert not uses_matvec_kernel(one_row.bfloat16(), weight)  # mixed dtypes
     assert not uses_matvec_kernel(one_row.double(), weight.double())

@@ -4,7 +4,7 @@ The model is built on the meta device (no memory), every tensor's name, shape an
 it from the file headers alone, and only then are the tensors attached with `load_state_dict(assign=True)`.
 Each file is memory-mapped once (`map_file`), so a checkpoint already in the wanted dtype is used in place: the
 weights exist once in memory, as the file's pages, and matrices that lie back to back in the file (gate_proj,
-up_proj) are stacked without a copy.
+up_proj in alphabetical order; q/k/v too in the folders model/zoo.py writes) are stacked without a copy.
 
 GPT-OSS releases store the expert weights in MXFP4 (`<name>_blocks` + `<name>_scales`, model/mxfp4.py);
 they are checked from the headers like any tensor and decoded one expert at a time while loading.

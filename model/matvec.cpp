@@ -1,4 +1,5 @@
-// y = W x for one input row: the product every weight matrix takes in a batch-1 decode step.
+// y = W x for one input row: the product every weight matrix takes in a batch-1 decode step; and Y = X W^T for a
+// few rows (beam search, small batches), each weight row read once for all of them (few_rows, below).
 //
 // Why a hand-written kernel (model/matvec.py has the measurements): a decode step reads every weight once,
 // so its speed is the speed at which the weights stream from memory. On the 2-core AVX2 CPU this was written
@@ -9,8 +10,8 @@
 // use (_mm_prefetch) so that the next cache lines are on their way while the current ones are multiplied.
 //
 // W (out, in) row-major in float32, bfloat16 or float16, or int8 with a scale per row (model/quantize.py:
-// y[o] = scale[o] * sum_i q[o, i] x[i]); x (in,) in any float dtype. Products and sums are in float32 (as
-// PyTorch's own CPU kernels do for bf16/fp16); y (out,) is returned in x's dtype.
+// y[o] = scale[o] * sum_i q[o, i] x[i]); x (in,) or (rows, in) in any float dtype. Products and sums are in
+// float32 (as PyTorch's own CPU kernels do for bf16/fp16); y (out,) or (rows, out) is returned in x's dtype.
 // Needs AVX2, FMA and F16C (model/matvec.py checks the CPU before building).
 
 #include <ATen/ATen.h>

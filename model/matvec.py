@@ -5,7 +5,8 @@ Measured on the 2-core AVX2 CPU of the benchmark (scripts/bench.py): a loop that
 gets 25 GB/s, but PyTorch's own products stream a weight at 10-16 GB/s (MKL in float32, PyTorch's kernels in
 bfloat16/float16). matvec.cpp walks each thread's rows front to back with a prefetch ahead and reaches 20-25 GB/s:
 one row through all of SmolLM2's matrices takes 23 ms in float32 (PyTorch: 47 ms), 13 ms in bfloat16 (20-23), 8 ms
-in int8 (model/quantize.py; PyTorch's int8 kernel: 14).
+in int8 (model/quantize.py; PyTorch's int8 kernel: 14). It also takes a few rows at once (x (rows, in)), reading
+each weight row once for all of them: beam search and small batches (model/linear.py, point 7).
 
 The kernel is C++, so it is compiled on first use, once per machine, with the C++ compiler that torch.compile
 also needs (`g++`, about 15 s; scripts/setup.sh does it), and cached under ~/.cache/scratch-lm/kernels/ keyed

@@ -63,7 +63,8 @@ def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
         return beam_search(model, input_ids, attention_mask, steps, stop, num_beams=opts.num_beams,
                            length_penalty=opts.length_penalty, early_stopping=opts.early_stopping,
                            num_return_sequences=opts.num_return_sequences, do_sample=opts.sampling,
-                           pad_token_id=pad, generator=generator, output_scores=opts.output_scores, records=records)
+                           pad_token_id=pad, generator=generator, output_scores=opts.output_scores, records=records,
+                           compile=opts.compile)
     if opts.num_return_sequences > 1:  # several samples per prompt: repeat each prompt, as transformers does
         input_ids = input_ids.repeat_interleave(opts.num_return_sequences, dim=0)
         if attention_mask is not None:

@@ -27,6 +27,7 @@ import torch
 
 from cache import cache_for_config
 
+from .compiled import CompiledDecoder
 from .loop import GenerateOutput, decode_one_token, extend_mask, no_token_left, prefill, reason_names
 from .steps import LogitsStep, StepContext, apply_logits_steps, needs_hidden_states
 from .stopping import StopConditions
@@ -54,20 +55,14 @@ def gather_beams(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, steps: list[LogitsStep],
                 stop: StopConditions, *, num_beams: int, length_penalty: float, early_stopping: bool | str,
                 num_return_sequences: int, do_sample: bool, pad_token_id: int, generator: torch.Generator | None,
-                output_scores: bool, records: dict[str, list]) -> GenerateOutput:
-    """Beam search over a batch of left-padded prompts (B, T); returns num_return_sequences rows per prompt."""
+                output_scores: bool, records: dict[str, list], compile: bool = False) -> GenerateOutput:
+    """Beam search over a batch of left-padded prompts (B, T); returns num_return_sequences rows per prompt.
+    compile=True runs the one-token step of all B * num_beams rows compiled (generation/compiled.py)."""
     B, T = input_ids.shape
     K, L = num_beams, T + stop.max_new_tokens
     C = max(2, 1 + stop.eos_token_ids.numel()) * K
-    hidden = needs_hidden_states(steps)
-    # A growing cache: reordering beams copies the filled part either way, and a preallocated one measured no
-    # faster here. Sliding-window layers (GPT-OSS) keep only their window.
-    cache = cache_for_config(model.config)
-    out = prefill(model, input_ids, attention_mask, cache, hidden)  # the prompt once, not once per beam
-    cache.repeat_interleave(K)  # then every beam starts from the same cache: rows b*K .. b*K + K - 1
-    logits = out.logits[:, -1].float().repeat_interleave(K, dim=0)  # (B*K, V)
-    hidden_states = tuple(h.repeat_interleave(K, dim=0) for h in out.hidden_states) if hidden else None
-    mask = attention_mask.repeat_interleave(K, dim=0) if attention_mask is not None else None
+    beams = CompiledBeams(model, B, K, L) if compile else EagerBeams(model, K, needs_hidden_states(steps))
+    logits, hidden_states = beams.prefill(input_ids, attention_mask)  # (B*K, V): the prompt once, not per beam
 
     running, running_scores, finished = initial_beams(input_ids, K, L, pad_token_id)
     can_improve = torch.ones((B, 1), dtype=torch.bool, device=input_ids.device)
@@ -92,16 +87,63 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         running_scores = gather_beams(cand_scores + ends.float() * NEVER, go_on)
         finished = update_finished(finished, cand_seqs, cand_scores, cand_reasons, can_improve, K, step + 1,
                                    length_penalty, early_stopping)
-        cache.reorder((gather_beams(parents, go_on) + K * torch.arange(B, device=go_on.device)[:, None]).view(-1))
+        beams.reorder((gather_beams(parents, go_on) + K * torch.arange(B, device=go_on.device)[:, None]).view(-1))
         can_improve = can_improve & improvement_possible(running_scores, finished, step + 1, stop.max_new_tokens,
                                                          length_penalty, early_stopping)
         all_full = (finished.reasons > 0).all() and early_stopping is True
         if not can_improve.any() or all_full or ends.all():
             break
-        mask = extend_mask(mask)
-        out = decode_one_token(model, running[:, :, length].reshape(B * K, 1), mask, cache, hidden)
-        logits, hidden_states = out.logits[:, -1].float(), out.hidden_states
+        logits, hidden_states = beams.decode(running[:, :, length].reshape(B * K, 1))
     return beam_output(finished, T, num_return_sequences, tuple(all_scores) if output_scores else None, records)
+
+
+class EagerBeams:
+    """The model's forward over the beams' cache: the B prompts once, then B*K rows per step, reordered each step.
+
+    A growing cache: reordering beams copies the filled part either way, and a preallocated one measured no
+    faster here. Sliding-window layers (GPT-OSS) keep only their window.
+    """
+
+    def __init__(self, model, num_beams: int, hidden: bool):
+        self.model, self.num_beams, self.hidden = model, num_beams, hidden
+        self.cache = cache_for_config(model.config)
+        self.mask: torch.Tensor | None = None  # (B*K, length) when the prompts are padded
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        """(B, T) prompts -> logits (B*K, V) and hidden states; rows b*K .. b*K + K - 1 are copies of prompt b."""
+        K = self.num_beams
+        out = prefill(self.model, input_ids, attention_mask, self.cache, self.hidden)
+        self.cache.repeat_interleave(K)  # every beam starts from its prompt's cache
+        self.mask = attention_mask.repeat_interleave(K, dim=0) if attention_mask is not None else None
+        hidden_states = tuple(h.repeat_interleave(K, dim=0) for h in out.hidden_states) if self.hidden else None
+        return out.logits[:, -1].float().repeat_interleave(K, dim=0), hidden_states
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Row i of the cache becomes row index[i] (B*K,)."""
+        self.cache.reorder(index)
+
+    def decode(self, tokens: torch.Tensor):
+        """tokens (B*K, 1) -> logits (B*K, V) and hidden states."""
+        self.mask = extend_mask(self.mask)
+        out = decode_one_token(self.model, tokens, self.mask, self.cache, self.hidden)
+        return out.logits[:, -1].float(), out.hidden_states
+
+
+class CompiledBeams:
+    """The same three calls through CompiledDecoder (its fixed slots hold all B*K rows; no hidden states)."""
+
+    def __init__(self, model, batch_size: int, num_beams: int, max_length: int):
+        self.decoder = CompiledDecoder(model, batch_size * num_beams, max_length)
+        self.num_beams = num_beams
+
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
+        return self.decoder.prefill(input_ids, attention_mask, repeats=self.num_beams)[:, -1].float(), None
+
+    def reorder(self, index: torch.Tensor) -> None:
+        self.decoder.reorder(index)
+
+    def decode(self, tokens: torch.Tensor):
+        return self.decoder.decode(tokens)[:, -1].float(), None
 
 
 def initial_beams(input_ids: torch.Tensor, K: int, L: int, pad_token_id: int

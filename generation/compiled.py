@@ -15,7 +15,9 @@ from step to step lives in tensors:
 - positions (for RoPE) and the mask come in as tensors.
 The prompt (a new length every time) runs through the same `decode_step` eagerly; only the one-token step is
 compiled (once per model, dtype, batch size and slot count in a process, ~45 s for SmolLM2 on 2 cores;
-inductor's on-disk cache shortens it in later processes). So it pays off for long generations.
+inductor's on-disk cache shortens it in later processes). So it pays off for long generations. Beam search
+(generation/beam.py) uses it too: its B * num_beams rows fill the slots, each prompt is prefilled once and
+copied to its beams (`prefill(..., repeats=K)`), and `reorder` moves the filled slots after the beams each step.
 
 Half precision on the CPU: the cache keeps keys and values in float32, because the CPU attention kernel is
 several times slower in bf16/fp16 (measured 300 µs per layer and step against 30-100 µs in float32), and
@@ -121,21 +123,45 @@ class CompiledDecoder:
         self.length = 0  # slots filled so far
         self.next_positions = None  # (B, 1) the position of each row's next token
 
-    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """The prompt (B, T), left-padded; returns the last position's logits (B, 1, V)."""
-        T = input_ids.shape[1]
-        self.slot_mask[:, :T] = True if attention_mask is None else attention_mask.bool()
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None,
+                repeats: int = 1) -> torch.Tensor:
+        """The prompt (B, T), left-padded; returns the last position's logits (B, 1, V).
+
+        repeats > 1 (beam search, on a decoder built for B * repeats rows): each prompt runs once, and its
+        cache is copied to `repeats` consecutive rows, which the returned logits (B * repeats, 1, V) match.
+        """
+        B, T = input_ids.shape
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        self.slot_mask[:, :T] = real.repeat_interleave(repeats, dim=0)
         position_ids = default_position_ids(attention_mask, 0, T, input_ids.device)  # (B or 1, T)
         slots = self.cache.slot_index[:T]
-        logits = decode_step(self.model, input_ids, slots, position_ids, self.slot_mask, self.cache)
-        self.length, self.next_positions = T, position_ids[:, -1:] + 1
+        cache = self.cache if repeats == 1 else SlotCache(self.model.config, B, self.cache.slot_index.numel(),
+                                                           self.cache.keys[0].dtype, self.model.device)
+        logits = decode_step(self.model, input_ids, slots, position_ids, self.slot_mask[::repeats], cache)
+        if repeats > 1:
+            for buffers, prompt_buffers in ((self.cache.keys, cache.keys), (self.cache.values, cache.values)):
+                for buffer, prompt_buffer in zip(buffers, prompt_buffers):
+                    buffer[:, :, :T] = prompt_buffer[:, :, :T].repeat_interleave(repeats, dim=0)
+            logits = logits.repeat_interleave(repeats, dim=0)
+        self.length = T
+        self.next_positions = (position_ids[:, -1:] + 1).expand(B, 1).repeat_interleave(repeats, dim=0)  # (B*r, 1)
         return logits
+
+    def reorder(self, index: torch.Tensor) -> None:
+        """Rows become rows[index] (beam search keeps the beams it continues): the filled slots, the mask and
+        the positions. index (rows,)."""
+        filled = self.length
+        for buffer in (*self.cache.keys, *self.cache.values):
+            buffer[:, :, :filled] = buffer[:, :, :filled].index_select(0, index)
+        self.slot_mask = self.slot_mask.index_select(0, index)
+        self.next_positions = self.next_positions.index_select(0, index)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """The newest tokens (B, 1) -> logits (B, 1, V)."""
         step = self.step if stacks_are_current(self.model) else decode_step  # a replaced weight: run eagerly
         self.slot_mask[:, self.length] = True
         slots = torch.full((1,), self.length, device=tokens.device)  # (1,) a new tensor: a view would differ in offset
+        tokens = tokens.contiguous()  # a column of a longer buffer (beam search's) has other strides: a new graph
         logits = step(self.model, tokens, slots, self.next_positions, self.slot_mask, self.cache)
         self.length += 1
         self.next_positions = self.next_positions + 1

@@ -269,9 +269,6 @@ def check_compile_option(options: GenerationOptions, steps: Sequence[LogitsStep]
     """compile=True runs a fixed graph that returns the final logits of one token per row (generation/compiled.py)."""
     if not options.compile:
         return
-    if options.num_beams > 1:
-        raise ValueError("compile=True decodes one sequence per row; beam search (num_beams > 1) reorders the "
-                         "cache every step: leave compile off")
     if needs_hidden_states(steps):
         raise ValueError("compile=True returns only the final logits, and a step here reads every layer's hidden "
                          "state (DoLa, entropy decoding, or one of your logits_steps): leave compile off")

@@ -47,6 +47,7 @@ CASES = {
                  {"do_sample": True, "temperature": 0.7, "top_k": 50, "top_p": 0.9}),
     "repetition_penalty": ({"repetition_penalty": 1.2}, {"repetition_penalty": 1.2}),
     "beam4": ({"num_beams": 4}, {"num_beams": 4}),
+    "beam4_compiled": ({"num_beams": 4, "compile": True}, {"num_beams": 4}),
     # Same algorithm on both sides: our "transformers" variant reproduces transformers' DoLa token for token.
     "dola_high": ({"dola_layers": "high", "dola_variant": "transformers"}, {"dola_layers": "high"}),
     "dola_high_paper": ({"dola_layers": "high"}, None),

@@ -197,7 +197,6 @@ def choose_mode(args: argparse.Namespace) -> str:
     if args.compile:  # checked here too, so that the compile notice never precedes an error
         layer_flag = "--dola-layers" if args.dola_layers is not None else "--entropy-decoding"
         refusals = [(strategy is not None, f"--strategy {strategy or ''} runs its own loop"),
-                    ((args.num_beams or 1) > 1, "beam search (--num-beams) reorders the cache every step"),
                     (args.dola_layers is not None or args.entropy_decoding is not None,
                      f"{layer_flag} reads every layer's hidden state, the compiled step returns only the logits")]
         for refused, why in refusals:

@@ -130,6 +130,7 @@ CASES = {
     "dola_column_major_blocks": (["--dola-layers", "high", "--dola-variant", "transformers", "--weight-layout",
                                   "column_major_blocks"], {"dola_layers": "high"}),
     "compiled_step": (["--compile"], {}),
+    "compiled_beams": (["--compile", "--num-beams", "3"], {"num_beams": 3}),
 }
 
 
@@ -326,7 +327,6 @@ BAD_INPUT = [  # (arguments, exit code, a piece of the message)
     (["--prompt", "hi", "--plot", "x.png"], 2, "--plot draws layer records or a profile"),
     (["--prompt", "hi", "--profile", "/no/dir/p.json"], 2, "the folder /no/dir does not exist"),
     (["--prompt", "hi", "--threads", "0"], 2, "--threads must be >= 1"),
-    (["--prompt", "hi", "--compile", "--num-beams", "2"], 2, "beam search (--num-beams) reorders the cache"),
     (["--prompt", "hi", "--compile", "--dola-layers", "high"], 2, "--dola-layers reads every layer's hidden state"),
     (["--prompt", "hi", "--compile", "--self-speculative", "1"], 2, "--strategy speculative runs its own loop"),
     (["--prompt", "hi", "--model", broken_checkpoint], 1, "not a readable safetensors file"),

@@ -115,6 +115,24 @@ def test_compiled_generate_equals_transformers_and_reuses_its_graph(models):
 
 
 @needs_compiler
+@pytest.mark.parametrize("early_stopping", [True, False])
+def test_compiled_beam_search_equals_transformers(models, early_stopping):
+    """Beam search with the compiled step: all B*K rows in the fixed slots, the prompts prefilled once and
+    copied to their beams, the slots reordered each step; a padded batch of two prompts, sequences and scores."""
+    hf, ours, _ = models
+    ids, mask = padded_batch(7, (4, 7), seed=4)
+    got = generate(ours, ids, mask, max_new_tokens=9, num_beams=3, num_return_sequences=2, eos_token_id=[9],
+                   pad_token_id=PAD, early_stopping=early_stopping, compile=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = hf.generate(ids, attention_mask=mask, max_new_tokens=9, num_beams=3, num_return_sequences=2,
+                               do_sample=False, eos_token_id=9, pad_token_id=PAD, early_stopping=early_stopping,
+                               output_scores=True, return_dict_in_generate=True)
+    assert torch.equal(got.sequences, expected.sequences)
+    torch.testing.assert_close(got.sequences_scores, expected.sequences_scores, atol=1e-4, rtol=0)
+
+
+@needs_compiler
 def test_a_replaced_weight_is_used_by_the_compiled_step(models):
     """The compiled graph cannot check where the stacked weights live; CompiledDecoder checks before each call.
     Runs after the test above, so the graph for this model and batch shape exists and would be reused."""
@@ -136,7 +154,6 @@ def test_a_replaced_weight_is_used_by_the_compiled_step(models):
 
 
 @pytest.mark.parametrize("options, message", [
-    ({"num_beams": 2}, "beam search"),
     ({"dola_layers": "high"}, "hidden state"),
     ({"entropy_decoding": "trough"}, "hidden state"),
     ({"compile": "yes"}, "compile must be True or False"),

@@ -119,7 +119,7 @@ class EagerBeams:
         return out.logits[:, -1].float().repeat_interleave(K, dim=0), hidden_states
 
     def reorder(self, index: torch.Tensor) -> None:
-        """Row i of the cache becomes row index[i] (B*K,)."""
+        """Rows become rows[index]: index (B*K,) names each new row's parent."""
         self.cache.reorder(index)
 
     def decode(self, tokens: torch.Tensor):
@@ -130,7 +130,8 @@ class EagerBeams:
 
 
 class CompiledBeams:
-    """The same three calls through CompiledDecoder (its fixed slots hold all B*K rows; no hidden states)."""
+    """The same three calls through CompiledDecoder (its fixed slots hold all B*K rows). It returns no hidden
+    states: generate()'s options check refuses compile=True with a step that reads them."""
 
     def __init__(self, model, batch_size: int, num_beams: int, max_length: int):
         self.decoder = CompiledDecoder(model, batch_size * num_beams, max_length)

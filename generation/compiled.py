@@ -4,7 +4,7 @@ Eager PyTorch launches each of a step's ~700 small operations (norms, RoPE, resi
 from Python, one at a time: for SmolLM2-135M that is ~10 ms of every token on a 2-core CPU, next to ~13 ms
 (bf16) or ~23 ms (fp32) for the matrix products themselves (model/matvec.py). `torch.compile` traces one decode
 step into a graph and generates fused C++ kernels for the small operations, leaving the matrix products to the
-one-row kernel (a custom operator the graph calls) or BLAS.
+hand-written one-row / few-row kernel (a custom operator the graph calls) or BLAS.
 
 A compiled graph is reused only while shapes and Python values stay the same, so everything that changes
 from step to step lives in tensors:
@@ -14,7 +14,7 @@ from step to step lives in tensors:
   grows each step;
 - positions (for RoPE) and the mask come in as tensors.
 The prompt (a new length every time) runs through the same `decode_step` eagerly; only the one-token step is
-compiled (once per model, dtype, batch size and slot count in a process, ~45 s for SmolLM2 on 2 cores;
+compiled (once per model, dtype, batch size and slot count in a process, ~40-45 s for SmolLM2 on 2 cores;
 inductor's on-disk cache shortens it in later processes). So it pays off for long generations. Beam search
 (generation/beam.py) uses it too: its B * num_beams rows fill the slots, each prompt is prefilled once and
 copied to its beams (`prefill(..., repeats=K)`), and `reorder` moves the filled slots after the beams each step.

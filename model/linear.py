@@ -19,7 +19,8 @@ with SmolLM2-135M (scripts/bench.py), none changing what is computed beyond floa
    than computing the same numbers as (W @ x^T)^T, a tall-skinny product that streams W once at full speed.
    On an Intel Xeon (AVX-512) MKL runs its own fast kernels and F.linear measured faster for every row count
    (2-64 rows through all of SmolLM2's blocks: 17-78 ms against 40-84), so only AMD CPUs take this form
-   (`tall_skinny_is_faster`). One row (plain decoding) and long prompts keep F.linear, as do bfloat16/float16.
+   (`tall_skinny_is_faster`). One row (plain decoding) and long prompts keep F.linear, as do bfloat16/float16
+   beyond the 1-4 rows of point 7.
 
 3. An optional column-major layout for float32 on the CPU (`weight_layout="column_major"` in
    `load_pretrained`, or `model.set_weight_layout`). Stored transposed (W^T contiguous, W a view of it),
@@ -61,7 +62,9 @@ with SmolLM2-135M (scripts/bench.py), none changing what is computed beyond floa
    matrices: float32 4 rows 26.5 ms, 8 rows 35.4 (MKL's F.linear: 34.7 and 45.8; 1-3 rows MKL is as fast or
    faster), bf16 2-4 rows 12.5-13.8 ms (PyTorch: 18-19; from 5 rows on the two are even). So float32 4-8 rows
    take it on Intel CPUs (on AMD ones the tall-skinny form of point 2 was measured instead), bf16/fp16 1-4 rows
-   everywhere.
+   everywhere (measured on the Xeon; on an AVX2 CPU PyTorch's bf16/fp16 products cost the same per row, so the
+   kernel can only gain more there). int8 (model/quantize.py) sends only one row to it: for 2-63 rows
+   `_weight_int8pack_mm` was measured instead.
 """
 
 from __future__ import annotations

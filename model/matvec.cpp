@@ -136,6 +136,9 @@ at::Tensor matvec(const at::Tensor& weight, const at::Tensor& x, const std::opti
   }
   const at::Tensor x32 = x.to(at::kFloat).contiguous();
   const int64_t rows = x.dim() == 2 ? x.size(0) : 1, in = weight.size(1), out = weight.size(0);
+  if (rows == 0) {
+    return at::empty({0, out}, x.options());  // nothing to multiply (the one-row loop below would write y)
+  }
   at::Tensor y = at::empty(x.dim() == 2 ? at::IntArrayRef{rows, out} : at::IntArrayRef{out}, x32.options());
   const float* xp = x32.const_data_ptr<float>();
   float* yp = y.mutable_data_ptr<float>();

@@ -215,15 +215,17 @@ _LAYER_FILE_ORDER = ("input_layernorm", "q_proj", "k_proj", "v_proj", "o_proj", 
                      "gate_proj", "up_proj", "down_proj")
 
 
-def file_order(name: str) -> tuple:
+def file_order(name: str) -> tuple[int, int, bool, int, str]:
     """Sort key of a tensor name: the embedding and other top-level tensors, then layer by layer in
-    _LAYER_FILE_ORDER (not alphabetical, which puts o_proj between k_proj and q_proj)."""
+    _LAYER_FILE_ORDER (not alphabetical, which puts o_proj between k_proj and q_proj), weights before biases
+    (so that q, k, v weights stay back to back when the projections have biases too)."""
     parts = name.split(".")
+    is_bias = parts[-1] == "bias"
     if len(parts) > 3 and parts[1] == "layers" and parts[2].isdigit():
         module = next((p for p in parts[3:] if p in _LAYER_FILE_ORDER), None)
         rank = _LAYER_FILE_ORDER.index(module) if module else len(_LAYER_FILE_ORDER)
-        return (1, int(parts[2]), rank, name)
-    return (0 if "embed" in name else 2, 0, 0, name)
+        return (1, int(parts[2]), is_bias, rank, name)
+    return (0 if "embed" in name else 2, 0, is_bias, 0, name)
 
 
 def save_safetensors(tensors: dict[str, np.ndarray], path: Path, metadata: dict[str, str]) -> None:

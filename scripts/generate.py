@@ -99,9 +99,10 @@ def build_parser() -> Parser:
     add("--threads", metavar="N", type=int, help="CPU threads for torch (default: torch's choice)")
     add("--weight-layout", choices=("auto", "row_major", "column_major", "column_major_blocks", "packed_head"),
         default="auto", help="how float32 CPU weights are stored (model/linear.py): row_major suits everything "
-        "where the one-row kernel (model/matvec.cpp) runs; without it column_major makes one-sequence "
-        "greedy/sampling faster and beam search slower; column_major_blocks / packed_head (the head packed for "
-        "oneDNN) suit DoLa and entropy decoding; auto picks by the options and the kernel")
+        "where the one-row kernel (model/matvec.cpp) beats MKL in float32 (not on Intel CPUs); elsewhere "
+        "column_major makes one-sequence greedy/sampling faster and beam search slower; column_major_blocks / "
+        "packed_head (the head packed for oneDNN) suit DoLa and entropy decoding; auto picks by the options, "
+        "the kernel and the CPU")
     add("--int8", action="store_true", help="weight-only int8: every matrix as int8 with a scale per row, half the "
         "bytes of bf16 (model/quantize.py); activations in --dtype, bfloat16 unless given (the CPU int8 kernel "
         "is fast only with bfloat16); fastest with --compile")

@@ -114,20 +114,40 @@ def test_compiled_generate_equals_transformers_and_reuses_its_graph(models):
     assert torch.equal(got.sequences, hf_greedy(hf, ids, mask, 10))
 
 
+def hf_beams(hf, ids, mask, **options):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return hf.generate(ids, attention_mask=mask, do_sample=False, pad_token_id=PAD, output_scores=True,
+                           return_dict_in_generate=True, **options)
+
+
 @needs_compiler
 @pytest.mark.parametrize("early_stopping", [True, False])
 def test_compiled_beam_search_equals_transformers(models, early_stopping):
     """Beam search with the compiled step: all B*K rows in the fixed slots, the prompts prefilled once and
-    copied to their beams, the slots reordered each step; a padded batch of two prompts, sequences and scores."""
+    copied to their beams, the slots reordered each step; a padded batch of two prompts, sequences and scores.
+    A second call with a longer prompt and output in the same slot bucket reuses the graph."""
+    from torch._dynamo.utils import counters
+
     hf, ours, _ = models
-    ids, mask = padded_batch(7, (4, 7), seed=4)
-    got = generate(ours, ids, mask, max_new_tokens=9, num_beams=3, num_return_sequences=2, eos_token_id=[9],
-                   pad_token_id=PAD, early_stopping=early_stopping, compile=True)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        expected = hf.generate(ids, attention_mask=mask, max_new_tokens=9, num_beams=3, num_return_sequences=2,
-                               do_sample=False, eos_token_id=9, pad_token_id=PAD, early_stopping=early_stopping,
-                               output_scores=True, return_dict_in_generate=True)
+    for length, real, new in ((7, (4, 7), 9), (12, (12, 9), 14)):
+        graphs = counters["stats"]["unique_graphs"]
+        ids, mask = padded_batch(length, real, seed=4)
+        options = {"max_new_tokens": new, "num_beams": 3, "num_return_sequences": 2, "early_stopping": early_stopping}
+        got = generate(ours, ids, mask, eos_token_id=[9], pad_token_id=PAD, compile=True, **options)
+        expected = hf_beams(hf, ids, mask, eos_token_id=9, **options)
+        assert torch.equal(got.sequences, expected.sequences)
+        torch.testing.assert_close(got.sequences_scores, expected.sequences_scores, atol=1e-4, rtol=0)
+    assert counters["stats"]["unique_graphs"] == graphs  # the second call: no new graph
+
+
+@needs_compiler
+def test_compiled_beam_search_of_one_unpadded_prompt_equals_transformers(models):
+    """No attention mask: positions come as one (1, T) row, expanded to every beam."""
+    hf, ours, _ = models
+    ids = torch.randint(6, 96, (1, 6), generator=torch.Generator().manual_seed(7))
+    got = generate(ours, ids, max_new_tokens=8, num_beams=4, eos_token_id=[], pad_token_id=PAD, compile=True)
+    expected = hf_beams(hf, ids, None, max_new_tokens=8, num_beams=4)
     assert torch.equal(got.sequences, expected.sequences)
     torch.testing.assert_close(got.sequences_scores, expected.sequences_scores, atol=1e-4, rtol=0)
 

@@ -1,4 +1,4 @@
-"""The hand-written one-row kernel (model/matvec.cpp) and where model/linear.py uses it.
+"""The hand-written kernel for one row or a few (model/matvec.cpp) and where model/linear.py uses it.
 
 The reference is the product computed in float64; the model with the kernel is held against transformers.
 """
@@ -85,6 +85,11 @@ def test_int8_matvec_applies_each_rows_scale(dtype, shape, rows):
 
 
 @needs_kernel
+def test_matvec_of_no_rows_is_empty():
+    assert matvec(torch.randn(64, 32), torch.empty(0, 32)).shape == (0, 64)
+
+
+@needs_kernel
 def test_matvec_refuses_what_it_cannot_compute():
     weight = torch.randn(8, 16)
     with pytest.raises(RuntimeError, match="row-major and contiguous"):
@@ -111,13 +116,18 @@ def test_linear_takes_the_kernel_only_where_it_applies(monkeypatch, vendor, floa
     assert uses_matvec_kernel(one_row, weight) is float32_kernel
     assert uses_matvec_kernel(one_row.bfloat16(), weight.bfloat16())
     assert uses_matvec_kernel(one_row.half(), weight.half())
+    calls = []
+    monkeypatch.setattr(linear_module, "matvec", lambda w, x: calls.append(x.shape) or matvec(w, x))
     for rows in range(2, 10):  # point 7: float32 4-8 rows on Intel only, bf16/fp16 up to 4 rows anywhere
         several = torch.randn(rows, 1, 32)
-        assert uses_matvec_kernel(several, weight) is (vendor == "GenuineIntel" and 4 <= rows <= 8), rows
+        takes_it = vendor == "GenuineIntel" and 4 <= rows <= 8
+        assert uses_matvec_kernel(several, weight) is takes_it, rows
         assert uses_matvec_kernel(several.bfloat16(), weight.bfloat16()) is (rows <= 4), rows
+        calls.clear()
         with torch.no_grad():
             expected = several.double() @ weight.double().t()
             torch.testing.assert_close(linear(several, weight).double(), expected, atol=1e-5, rtol=0)
+        assert calls == ([(rows, 32)] if takes_it else []), rows  # linear went through the kernel, or did not
     assert not uses_matvec_kernel(one_row, weight.t().contiguous().t())  # column-major: MKL
     assert not uses_matvec_kernel(one_row.bfloat16(), weight)  # mixed dtypes
     assert not uses_matvec_kernel(one_row.double(), weight.double())

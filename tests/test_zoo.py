@@ -98,7 +98,21 @@ def read_safetensors_header(path: Path) -> dict:
     """The JSON header as the format defines it: an 8-byte little-endian size, then that many bytes."""
     with open(path, "rb") as file:
         size = int.from_bytes(file.read(8), "little")
+        assert size % 8 == 0  # the data starts 8-byte aligned
         return json.loads(file.read(size))
+
+
+def test_file_order_puts_each_layers_stacked_parts_back_to_back_biases_after():
+    names = [f"model.layers.{i}.{part}.{kind}" for i in (10, 2) for kind in ("bias", "weight")
+             for part in ("self_attn.v_proj", "self_attn.o_proj", "self_attn.k_proj", "self_attn.q_proj",
+                          "mlp.up_proj", "mlp.gate_proj")] + ["model.norm.weight", "model.embed_tokens.weight"]
+    ordered = sorted(names, key=zoo.file_order)
+    assert ordered[0] == "model.embed_tokens.weight" and ordered[-1] == "model.norm.weight"
+    layer_2 = [name.removeprefix("model.layers.2.") for name in ordered if ".layers.2." in name]
+    assert layer_2 == [f"{part}.{kind}" for kind in ("weight", "bias")
+                       for part in ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",
+                                    "mlp.gate_proj", "mlp.up_proj")]
+    assert ordered.index("model.layers.10.self_attn.q_proj.weight") > ordered.index("model.layers.2.mlp.up_proj.bias")
 
 
 def test_save_safetensors_keeps_the_given_order_and_reads_back_with_the_library(tmp_path):
@@ -123,7 +137,7 @@ def test_folder_stores_each_layers_stacked_parts_back_to_back_and_loads_them_wit
     from model import load_pretrained
 
     header = read_safetensors_header(built / "model.safetensors")
-    for layer in range(30):
+    for layer in range(json.loads((built / "config.json").read_text())["num_hidden_layers"]):
         for group in (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")):
             ranges = [header[f"model.layers.{layer}.{part}.weight"]["data_offsets"] for part in group]
             assert all(end == start for (_, end), (start, _) in zip(ranges, ranges[1:])), (layer, group)

@@ -8,6 +8,9 @@
     profile.plot_distributions("profile.png")
     profile.save_to_file("profile.json")
 
+    profile.separation()   # per metric: rank correlation with entropy / with the two models' disagreement
+    profile.flat_metric_warning("aleatoric")   # a sentence when the metric barely varies, else None
+
 With large=None every token comes from the one model: a profile of a single model's uncertainty.
 The records come from the routing loop itself (generation/hybrid.py), so the profile shows exactly what
 drove each routing decision.
@@ -16,6 +19,7 @@ drove each routing decision.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -23,6 +27,8 @@ from typing import Any, Sequence
 import torch
 
 from .hybrid import LARGE, SMALL, HybridStats, run_routing
+
+FLAT_SPREAD = 0.05  # (p90 - p10) / |median| below this: the metric "barely varies" (LogU aleatoric on SmolLM2)
 
 # Names accepted by analyze_distribution; "uncertainty" is seed 003's name for the aleatoric one.
 METRIC_FIELDS = {"uncertainty": "aleatoric_uncertainty", "aleatoric": "aleatoric_uncertainty",
@@ -39,6 +45,22 @@ class TokenRecord:
     epistemic_uncertainty: float
     model_used: str  # "slm" or "llm"
     top_k_probs: list[tuple[int, float]]  # (token id, probability) of the distribution the token was drawn from
+    models_disagree: bool | None = None  # the small and large model's argmax differ here (None: no large model)
+
+
+def ranks(values: torch.Tensor) -> torch.Tensor:
+    """(n,) -> (n,) float64 ranks 1..n, tied values sharing their average rank (as Spearman's rho needs)."""
+    values = values.double()
+    below = (values[None, :] < values[:, None]).sum(1)  # how many are smaller
+    equal = (values[None, :] == values[:, None]).sum(1)  # how many tie (itself included)
+    return below + (equal + 1) / 2
+
+
+def spearman(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Spearman's rank correlation of two (n,) series: Pearson's r of their ranks; nan when one is constant."""
+    rx, ry = ranks(x) - ranks(x).mean(), ranks(y) - ranks(y).mean()
+    norm = float(rx.norm() * ry.norm())
+    return float((rx * ry).sum()) / norm if norm > 0 else float("nan")
 
 
 @dataclass
@@ -79,6 +101,37 @@ class ProfileResult:
         """The top_n tokens with the highest measure, highest first."""
         order = torch.argsort(self.values(metric), descending=True, stable=True)
         return [self.tokens[int(i)] for i in order[:top_n]]
+
+    def relative_spread(self, metric: str) -> float:
+        """(p90 - p10) / |median| of one measure: how much it varies, on its own scale."""
+        values = self.values(metric)
+        p10, p50, p90 = (float(torch.quantile(values, q)) for q in (0.1, 0.5, 0.9))
+        return (p90 - p10) / abs(p50) if p50 != 0 else (math.inf if p90 > p10 else 0.0)
+
+    def separation(self) -> dict[str, dict[str, float | None]]:
+        """Per metric, how well it tells confident tokens from unsure ones: Spearman's rho with the small model's
+        entropy, with the two models' disagreement (when a large model ran; 1 = disagree), and its spread."""
+        disagree = [t.models_disagree for t in self.tokens]
+        report = {}
+        for metric in ("entropy", "aleatoric", "epistemic"):
+            values = self.values(metric)
+            report[metric] = {
+                "spearman_with_entropy": spearman(values, self.values("entropy")),
+                "spearman_with_disagreement": (spearman(values, torch.tensor(disagree, dtype=torch.float64))
+                                               if disagree and None not in disagree else None),
+                "relative_spread": self.relative_spread(metric)}
+        return report
+
+    def flat_metric_warning(self, metric: str) -> str | None:
+        """A sentence for the user when `metric` barely varies over this run (a raw threshold then routes all
+        tokens or none); None when it varies."""
+        if not self.tokens or self.relative_spread(metric) >= FLAT_SPREAD:
+            return None
+        values = self.values(metric)
+        return (f"{metric} barely varies on this text: 80% of tokens lie in [{float(torch.quantile(values, 0.1)):.4f}, "
+                f"{float(torch.quantile(values, 0.9)):.4f}] (spread {100 * self.relative_spread(metric):.1f}% of "
+                f"the median), so a raw threshold routes almost every token or none; give a share instead "
+                f"(share=q, --route-share Q) or route by entropy")
 
     def summary(self, metric: str = "uncertainty", top_n: int = 10) -> str:
         n, large = len(self.tokens), sum(t.model_used == LARGE for t in self.tokens)
@@ -137,23 +190,36 @@ class ProfileResult:
         data = self.to_dict()
         if self.tokens:
             data["analysis"] = {m: self.analyze_distribution(m) for m in ("entropy", "aleatoric", "epistemic")}
+            data["separation"] = self.separation()
         Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1))
         return Path(path)
 
 
+def disagreement(small, large, sequences: torch.Tensor, prompt_length: int) -> list[bool]:
+    """Whether the two models' argmax differ at each generated position of sequences (1, T): teacher-forced."""
+    with torch.no_grad():
+        small_best = small(sequences).logits[0, prompt_length - 1:-1].argmax(-1)  # (new,)
+        large_best = large(sequences).logits[0, prompt_length - 1:-1].argmax(-1)
+    return (small_best != large_best).tolist()
+
+
 def generate_with_profile(small, large, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None, *,
-                          routing_metric: str = "aleatoric", threshold: float | None = None, logu_top_k: int = 10,
+                          routing_metric: str = "aleatoric", threshold: float | None = None, share: float | None = None,
+                          calibration_ids: torch.Tensor | None = None, logu_top_k: int = 10,
                           top_probs: int = 5, **options: Any) -> ProfileResult:
     """hybrid_generate with a record of every token (large=None: the small model alone). The `tokenizer`
-    option, when given, supplies token_text and generated_text; otherwise they show the ids."""
+    option, when given, supplies token_text and generated_text; otherwise they show the ids. With a large
+    model each record also says whether the two models' greedy choices differ there (one extra pass each)."""
     out, routed = run_routing(small, large, input_ids, attention_mask, routing_metric, threshold, logu_top_k,
-                              top_probs, options)
+                              top_probs, options, share, calibration_ids)
     tokenizer = options.get("tokenizer")
     def text(ids: list[int]) -> str:
         return tokenizer.decode(ids) if tokenizer is not None else " ".join(f"<{i}>" for i in ids)
 
+    differ = (disagreement(small, large, out.sequences, input_ids.shape[1]) if large is not None and routed
+              else [None] * len(routed))
     tokens = [TokenRecord(r.token_id, text([r.token_id]), r.position, r.uncertainty.entropy, r.uncertainty.aleatoric,
-                          r.uncertainty.epistemic, r.model_used, r.top_probs) for r in routed]
-    strategy = f"profiled_{routing_metric}" if large is not None else "profiled_single_model"
+                          r.uncertainty.epistemic, r.model_used, r.top_probs, d) for r, d in zip(routed, differ)]
+    strategy = f"profiled_{out.stats.routing_metric}" if large is not None else "profiled_single_model"
     return ProfileResult(tokens, text(out.new_tokens[0].tolist()), out.stats, out.sequences, strategy,
                          out.stop_reasons)

@@ -45,6 +45,35 @@ class TokenUncertainty:
 
 
 ROUTING_METRICS = ("entropy", "aleatoric", "epistemic")
+METRIC_ALIASES = {"uncertainty": "aleatoric"}  # seed 003's name for LogU's aleatoric uncertainty
+
+
+def routing_metric_name(name: str) -> str:
+    """A routing metric's canonical name ("uncertainty" -> "aleatoric"); refuses unknown names."""
+    canonical = METRIC_ALIASES.get(name, name) if isinstance(name, str) else name
+    if canonical not in ROUTING_METRICS:
+        raise ValueError(f"routing_metric must be one of {ROUTING_METRICS + tuple(METRIC_ALIASES)} "
+                         f"('uncertainty' is LogU's aleatoric), got {name!r}")
+    return canonical
+
+
+def share_threshold(values: torch.Tensor, share: float) -> float:
+    """The threshold above which the highest `share` of `values` (n,) lie: round(share * n) of them.
+
+    The midpoint between the k-th and (k+1)-th largest value, so that `value > threshold` picks exactly those k
+    (fewer when values tie at the cut). share 0 -> the largest value (none above); 1 -> below the smallest."""
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+        raise ValueError(f"share must be a number in [0, 1] (the fraction of tokens sent to the large model), "
+                         f"got {share!r}")
+    if values.numel() == 0:
+        raise ValueError("cannot calibrate a share threshold on no tokens: the calibration gave no values")
+    ordered = values.double().sort(descending=True).values  # (n,)
+    k = round(share * ordered.numel())
+    if k == 0:
+        return float(ordered[0])
+    if k == ordered.numel():
+        return float(ordered[-1]) - 1.0
+    return float((ordered[k - 1] + ordered[k]) / 2)
 
 
 def token_uncertainty(logits: torch.Tensor, top_k: int = 10) -> TokenUncertainty:

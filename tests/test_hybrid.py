@@ -21,7 +21,8 @@ from conftest import save_tiny_llama
 from generation import generate, generate_with_profile, hybrid_generate
 from generation.hybrid import HybridStats
 from generation.profiling import ProfileResult, TokenRecord
-from generation.uncertainty import logu_uncertainty
+from generation.profiling import spearman
+from generation.uncertainty import logu_uncertainty, share_threshold
 from model import load_pretrained
 from test_speculative import assert_cache_matches_forward
 
@@ -171,10 +172,83 @@ def test_distribution_analysis_on_hand_computed_percentiles(capsys):
 def test_bad_routing_arguments_are_refused(models):
     small, large = models
     with pytest.raises(ValueError, match="routing_metric must be one of"):
-        hybrid_generate(small, large, PROMPT, routing_metric="uncertainty", threshold=0.5)
+        hybrid_generate(small, large, PROMPT, routing_metric="surprise", threshold=0.5)
+    with pytest.raises(ValueError, match="not both"):
+        hybrid_generate(small, large, PROMPT, threshold=0.5, share=0.2)
+    with pytest.raises(ValueError, match="share must be a number in"):
+        hybrid_generate(small, large, PROMPT, share=1.5)
+    with pytest.raises(ValueError, match="calibration_ids must be one text"):
+        hybrid_generate(small, large, PROMPT, share=0.5, calibration_ids=PROMPT[:, :1])
     with pytest.raises(ValueError, match="threshold must be a number"):
         hybrid_generate(small, large, PROMPT)
     with pytest.raises(ValueError, match="one unpadded prompt"):
         hybrid_generate(small, large, PROMPT.repeat(2, 1), threshold=0.5)
     with pytest.raises(ValueError, match="top_probs"):
         generate_with_profile(small, None, PROMPT, top_probs=0)
+
+
+# --------------------------------------------------------------------------- seed 003's name, shares, separation
+def test_uncertainty_is_seed_003s_name_for_aleatoric(models):
+    small, large = models
+    options = dict(threshold=2.135, max_new_tokens=12, eos_token_id=[])
+    named = hybrid_generate(small, large, PROMPT, routing_metric="uncertainty", **options)
+    aleatoric = hybrid_generate(small, large, PROMPT, routing_metric="aleatoric", **options)
+    assert torch.equal(named.sequences, aleatoric.sequences) and named.stats.routing_metric == "aleatoric"
+    profile = generate_with_profile(small, large, PROMPT, routing_metric="uncertainty", **options)
+    assert profile.strategy == "profiled_aleatoric"
+
+
+def test_share_threshold_on_hand_computed_cases():
+    values = torch.tensor([0.5, 3.0, 1.0, 2.0])
+    assert share_threshold(values, 0.5) == 1.5  # between the 2nd (2.0) and 3rd (1.0) largest
+    assert share_threshold(values, 0.25) == 2.5
+    assert share_threshold(values, 0.0) == 3.0  # nothing is above the largest
+    assert share_threshold(values, 1.0) < 0.5
+    assert share_threshold(values, 0.3) == 2.5  # round(0.3 * 4) = 1 token
+
+
+def test_spearman_on_hand_computed_cases():
+    # no ties: 1 - 6 sum d^2 / (n (n^2 - 1)) = 1 - 6 * 4 / 120
+    assert spearman(torch.tensor([1.0, 2, 3, 4, 5]), torch.tensor([2.0, 1, 4, 3, 5])) == pytest.approx(0.8)
+    # ties share their average rank: ranks (1, 2.5, 2.5, 4) against (1, 2, 3, 4) -> 4.5 / sqrt(4.5 * 5)
+    assert spearman(torch.tensor([1.0, 2, 2, 3]), torch.tensor([1.0, 2, 3, 4])) == pytest.approx(4.5 / 22.5 ** 0.5)
+    assert math.isnan(spearman(torch.ones(4), torch.tensor([1.0, 2, 3, 4])))
+
+
+@pytest.mark.parametrize("share", [0.0, 0.25, 0.5, 1.0])
+def test_a_share_routes_that_share_of_tokens(models, share):
+    # The same model as small and large: routing never changes the sequence, so the calibration run on the
+    # prompt sees exactly the routed run's measures and the count must be round(share * n) exactly.
+    small, _ = models
+    for metric in ("entropy", "aleatoric", "epistemic"):
+        out = hybrid_generate(small, small, PROMPT, routing_metric=metric, share=share, max_new_tokens=16,
+                              eos_token_id=[])
+        assert out.stats.large_tokens == round(share * 16) and out.stats.share == share
+
+
+def test_a_share_calibrated_on_a_text_uses_its_teacher_forced_measures(models):
+    small, large = models
+    text = torch.tensor([[3, 8, 1, 40, 41, 7, 7, 9, 60, 2, 11]])
+    with torch.no_grad():
+        logits = small(text).logits[0, :-1].double()  # (10, V)
+    entropies = [entropy_in_bits(row) for row in logits]
+    expected = sorted(entropies, reverse=True)[2:4]  # share 0.3 of 10: between the 3rd and 4th largest
+    out = hybrid_generate(small, large, PROMPT, routing_metric="entropy", share=0.3, calibration_ids=text,
+                          max_new_tokens=8, eos_token_id=[])
+    assert out.stats.threshold == pytest.approx(sum(expected) / 2, abs=1e-5)
+
+
+def test_separation_report_and_flat_metric_warning(models):
+    small, large = models
+    profile = generate_with_profile(small, large, PROMPT, routing_metric="entropy", threshold=ENTROPY_THRESHOLD,
+                                    max_new_tokens=20, eos_token_id=[])
+    with torch.no_grad():
+        best_small = small(profile.sequences).logits[0, PROMPT.shape[1] - 1:-1].argmax(-1)
+        best_large = large(profile.sequences).logits[0, PROMPT.shape[1] - 1:-1].argmax(-1)
+    assert [t.models_disagree for t in profile.tokens] == (best_small != best_large).tolist()
+    report = profile.separation()
+    assert report["entropy"]["spearman_with_entropy"] == pytest.approx(1.0)
+    assert report["entropy"]["spearman_with_disagreement"] is not None
+    flat = hand_made_profile([2.30, 2.31, 2.29, 2.30, 2.32])
+    assert "barely varies" in flat.flat_metric_warning("aleatoric")
+    assert hand_made_profile([0.1, 2.0, 5.0, 0.3, 1.0]).flat_metric_warning("aleatoric") is None

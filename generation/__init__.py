@@ -10,7 +10,7 @@
 Files: steps.py (the logits steps and token selectors), loop.py (prefill, decode_one_token, the loop),
 beam.py (beam search), stopping.py (EOS / stop strings / length), options.py (checks every argument),
 api.py (generate, stream), compiled.py (`compile=True`: the one-token step through torch.compile, over a
-fixed-slot cache; ~45 s to compile, then faster tokens: see its docstring). Layer selection: dola.py (DoLa), entropy.py (entropy-based layer choice),
+fixed-slot cache; slow to compile, then faster tokens: see its docstring). Layer selection: dola.py (DoLa), entropy.py (entropy-based layer choice),
 layer_selection.py (their generate() options), scoring.py (teacher-forced log-probabilities).
 
 The step protocol

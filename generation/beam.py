@@ -100,8 +100,8 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
 class EagerBeams:
     """The model's forward over the beams' cache: the B prompts once, then B*K rows per step, reordered each step.
 
-    A growing cache: reordering beams copies the filled part either way, and a preallocated one measured no
-    faster here. Sliding-window layers (GPT-OSS) keep only their window.
+    A growing cache: reordering beams copies the filled part either way, so a preallocated one gains
+    nothing. Sliding-window layers (GPT-OSS) keep only their window.
     """
 
     def __init__(self, model, num_beams: int, hidden: bool):

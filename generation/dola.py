@@ -182,8 +182,8 @@ def transformers_dola_scores(final_logits: torch.Tensor, premature_logits: torch
     KL(m || q_j)) with `F.kl_div(log q, m)` = m (log m - log q), *mean* over the vocabulary and then over
     the batch: one layer for all rows. Returns (scores (B, V), layer (B,), per-row scores (B, L)).
 
-    transformers calls F.kl_div twice, which computes m log m twice with `xlogy` (1.4 ms per call over 8 x 49152
-    here, on a 50-65 ms step); the sums below are the same, regrouped as
+    transformers calls F.kl_div twice, which computes m log m twice with `xlogy`, a visible share of the step
+    (figures: docs/performance.md); the sums below are the same, regrouped as
     KL(m || q) = sum m log m - sum m log q, with m log m computed once: the same scores up to float rounding,
     so the same layer unless two layers' scores tie within it (tests/test_dola.py compares the output with
     transformers' function bit for bit; the generate tests compare tokens).

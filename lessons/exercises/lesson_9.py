@@ -1,7 +1,7 @@
 """课时9练习：读取真实检查点——GGUF 的 q/k 行顺序、MXFP4 解码与 MoE 路由。
 
 把每个 `raise NotImplementedError(...)` 换成你的实现，然后运行 `python -m lessons.grade 9`。
-参考答案是 model/gguf_convert.py 的 `unpermute_rope_rows`、model/mxfp4.py 的 `dequantize_mxfp4` 与
+参考答案是 model/zoo/dequantize.py 的 `unpermute_rope_rows`、model/mxfp4.py 的 `dequantize_mxfp4` 与
 model/moe.py 的 `MoEMLP.route`（签名完全相同；方法的第一个参数 self 就是那个 MoEMLP）。
 """
 

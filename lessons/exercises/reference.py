@@ -56,7 +56,7 @@ REFERENCES: dict[int, dict[str, str]] = {
         "logu_uncertainty": "generation.uncertainty:logu_uncertainty",
     },
     9: {
-        "unpermute_rope_rows": "model.gguf_convert:unpermute_rope_rows",
+        "unpermute_rope_rows": "model.zoo.dequantize:unpermute_rope_rows",
         "dequantize_mxfp4": "model.mxfp4:dequantize_mxfp4",
         "moe_route": "model.moe:MoEMLP.route",
     },

@@ -1,0 +1,7 @@
+"""`python -m model.zoo ...`: see model/zoo/cli.py."""
+
+import sys
+
+from model.zoo.cli import main
+
+sys.exit(main())

@@ -29,6 +29,7 @@ from typing import Any, Sequence
 import torch
 
 from .dola import DoLa, check_dola_arguments
+from .dola_choice import resolve_dola_layers
 from .entropy import EntropyLayerChoice, check_entropy_arguments
 from .steps import NoRepeatNGram, RepetitionPenalty
 
@@ -56,7 +57,10 @@ class LayerSelectionOptions:
 
     @classmethod
     def pop_from(cls, options: dict[str, Any]) -> "LayerSelectionOptions":
-        """Remove this dataclass's names from a generate() keyword dict and check them."""
+        """Remove this dataclass's names from a generate() keyword dict and check them. dola_layers may name a
+        choice file of scripts/select_dola_bucket.py (generation/dola_choice.py); null there means no DoLa."""
+        if "dola_layers" in options:
+            options["dola_layers"] = resolve_dola_layers(options["dola_layers"])
         return cls(**{f.name: options.pop(f.name) for f in fields(cls) if f.name in options})
 
     def place_steps(self, steps: list, config, num_beams: int, generator: torch.Generator | None) -> list:

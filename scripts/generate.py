@@ -66,10 +66,18 @@ class Parser(argparse.ArgumentParser):
         raise UsageError(f"{message} (see --help)")
 
 
-def dola_layers_type(text: str) -> str | list[int]:
-    """--dola-layers: "low", "high", "bucket0".."bucket2", or layer numbers such as "2,4,6"."""
+def dola_layers_type(text: str) -> str | list[int] | None:
+    """--dola-layers: "low", "high", "bucket0".."bucket2", layer numbers such as "2,4,6", or a choice file of
+    scripts/select_dola_bucket.py (its layers, or None = no DoLa when no bucket beat plain decoding)."""
     if text in ("low", "high") or text.startswith("bucket"):
         return text
+    if text.endswith(".json"):
+        from generation.dola_choice import read_dola_choice
+
+        try:
+            return read_dola_choice(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
     try:
         return [int(part) for part in text.split(",")]
     except ValueError:
@@ -139,7 +147,7 @@ def add_decoding_arguments(group) -> None:
 def add_layer_arguments(group) -> None:
     add = group.add_argument
     add("--dola-layers", metavar="LAYERS", type=dola_layers_type, help="DoLa: contrast with these premature "
-        "layers: low, high, bucket0..bucket2, or numbers like 2,4,6")
+        "layers: low, high, bucket0..bucket2, numbers like 2,4,6, or a choice.json of select_dola_bucket.py")
     add("--dola-variant", choices=("paper", "transformers"), help="the paper's formulas (default) or "
         "transformers 4.55.2's implementation, exactly")
     add("--dola-alpha", metavar="A", type=float, help="DoLa's plausibility constraint alpha (default 0.1)")

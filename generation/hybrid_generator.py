@@ -76,11 +76,12 @@ class SpeculativeStrategy(GenerationStrategy):
         options = sampling_options(max_new_tokens, temperature, top_k, top_p, min_p, seed, tokenizer)
         out = speculative_generate(llm, slm, ids, num_draft_tokens=num_drafts, **options, **kwargs)
         s = out.stats
-        # Every token the target wrote itself (one per round, minus those a stop rule cut) counts as the LLM's.
+        # Accepted drafts are the SLM's tokens (fewer if a stop rule cut some); the rest the target wrote itself.
+        small_tokens = min(s.accepted, s.new_tokens)
         stats = {"strategy": self.name, "time": s.seconds, "total_tokens": s.new_tokens,
                  "speed": s.tokens_per_second, "decode_steps": s.rounds, "draft_tokens": s.drafted,
                  "accepted": s.accepted, "acceptance_rate": s.acceptance_rate,
-                 "slm_tokens": min(s.accepted, s.new_tokens), "llm_tokens": s.new_tokens - min(s.accepted, s.new_tokens),
+                 "slm_tokens": small_tokens, "llm_tokens": s.new_tokens - small_tokens,
                  "target_forward_passes": s.target_forward_passes}
         return tokenizer.decode(out.new_tokens[0].tolist()), stats
 

@@ -165,6 +165,8 @@ def add_two_model_arguments(group) -> None:
         "tokens (speculative) or writes until unsure (entropy, uncertainty); --model is the large one")
     add("--self-speculative", metavar="K", type=int, help="speculative decoding drafted by --model's own first "
         "K layers (no second model)")
+    add("--draft", choices=("int8",), help="int8: an int8 copy of --model (sharing its embedding) is the draft "
+        "(speculative: the output stays --model's exactly) or the small model (entropy, uncertainty)")
     add("--strategy", choices=("speculative", "entropy", "uncertainty"), help="speculative decoding (the "
         "default with a draft), or routing each token to the large model when the small one's entropy "
         "(bits) or aleatoric uncertainty exceeds --threshold")
@@ -173,6 +175,8 @@ def add_two_model_arguments(group) -> None:
         "grow it after a fully accepted round and shrink it after a rejection")
     add("--threshold", metavar="X", type=float, help="entropy/uncertainty routing: above it the large "
         "model chooses the token")
+    add("--route-share", metavar="Q", type=float, help="entropy/uncertainty routing instead of --threshold: send "
+        "the most uncertain fraction Q of tokens to the large model (calibrated on a small-model run)")
     add("--profile", metavar="JSON", type=Path, help="record every token's entropy and LogU uncertainties "
         "(and which model chose it) and write them with their percentiles to this file")
 
@@ -194,12 +198,14 @@ def decoding_options(args: argparse.Namespace) -> dict:
 
 def choose_mode(args: argparse.Namespace) -> str:
     """stream, at_end (generate()), speculative, routing or profile; refuses options that do not fit the mode."""
-    drafting = args.draft_model is not None or args.self_speculative is not None
+    small_models = [args.draft_model is not None, args.self_speculative is not None, args.draft is not None]
+    drafting = any(small_models)
     strategy = args.strategy or ("speculative" if drafting else None)
     needs = {"--num-draft-tokens": (args.num_draft_tokens, "speculative"),
              "--num-draft-tokens-schedule": (args.num_draft_tokens_schedule, "speculative"),
              "--self-speculative": (args.self_speculative, "speculative"),
-             "--threshold": (args.threshold, "entropy or uncertainty")}
+             "--threshold": (args.threshold, "entropy or uncertainty"),
+             "--route-share": (args.route_share, "entropy or uncertainty")}
     for flag, (value, wanted) in needs.items():
         if value is not None and strategy not in wanted.split(" or "):
             raise UsageError(f"{flag} belongs to --strategy {wanted}")
@@ -212,14 +218,16 @@ def choose_mode(args: argparse.Namespace) -> str:
             if refused:
                 raise UsageError(f"--compile compiles generate()'s one-token step, and {why}: leave --compile off")
     if strategy == "speculative":
-        if (args.draft_model is None) == (args.self_speculative is None):
-            raise UsageError("speculative decoding needs one draft: --draft-model PATH or --self-speculative K")
+        if sum(small_models) != 1:
+            raise UsageError("speculative decoding needs one draft: --draft-model PATH or --self-speculative K "
+                             "(or --draft int8)")
         if args.profile is not None:
             raise UsageError("--profile records a routing run or a single model; it cannot follow speculative decoding")
         return "speculative"
     if strategy is not None:
-        if args.draft_model is None or args.threshold is None:
-            raise UsageError(f"--strategy {strategy} needs --draft-model (the small model) and --threshold")
+        if (args.draft_model is None) == (args.draft is None) or (args.threshold is None) == (args.route_share is None):
+            raise UsageError(f"--strategy {strategy} needs --draft-model PATH or --draft int8 (the small model), and "
+                             "--threshold X or --route-share Q (one of each)")
         return "profile" if args.profile is not None else "routing"
     layer_records = args.dola_layers is not None or args.entropy_decoding is not None
     if args.plot is not None and not (layer_records or args.profile is not None):
@@ -271,7 +279,8 @@ def choose_weight_layout(args: argparse.Namespace) -> str:
     if args.int8:
         return "row_major"  # quantize_int8 replaces every matrix by int8 rows: re-laying them out first is wasted
     one_row_blocks = not ((args.num_beams or 1) > 1 or (args.num_return_sequences or 1) > 1
-                          or args.draft_model is not None or args.self_speculative is not None)
+                          or args.draft_model is not None or args.self_speculative is not None
+                          or args.draft is not None)
     early_exits = args.dola_layers is not None or args.entropy_decoding is not None
     return fastest_layout(one_row_blocks, one_row_head=not early_exits)
 
@@ -425,9 +434,9 @@ def generate_in_mode(mode: str, args, model, draft, tokenizer, input_ids, option
 
         metric = ROUTING_METRIC.get(args.strategy, "aleatoric")
         small, large = (draft, model) if draft is not None else (model, None)
-        function = generate_with_profile if mode == "profile" else hybrid_generate
+        function = generate_with_profile if mode == "profile" or large is not None else hybrid_generate
         call = lambda: function(small, large, input_ids, routing_metric=metric,  # noqa: E731
-                                threshold=args.threshold, **options)
+                                threshold=args.threshold, share=args.route_share, **options)
     summary, out = run_to_the_end(call, tokenizer, input_ids, options)
     if out is not None:
         summary.detail += write_extras(mode, args, out, tokenizer)
@@ -439,6 +448,10 @@ def write_extras(mode: str, args, out, tokenizer) -> str:
     stats = getattr(out, "stats", None)
     if mode == "speculative":
         return f", accepted {stats.accepted} of {stats.drafted} drafts"
+    if mode in ("routing", "profile") and hasattr(out, "flat_metric_warning") and args.strategy is not None:
+        warning = out.flat_metric_warning(ROUTING_METRIC[args.strategy])
+        if warning is not None:
+            print(f"warning: {warning}", file=sys.stderr)
     if mode == "profile":
         out.save_to_file(args.profile)
         if args.plot is not None:
@@ -449,8 +462,12 @@ def write_extras(mode: str, args, out, tokenizer) -> str:
         plot_layer_analysis(out.records, tokenizer, args.plot)
     written = ", ".join(str(p) for p in (args.profile, args.plot) if p is not None)
     routed = f", large model chose {stats.large_tokens} of {stats.new_tokens} tokens" \
-        if stats is not None and mode in ("routing", "profile") and args.draft_model is not None else ""
+        if stats is not None and mode in ("routing", "profile") and large_model_ran(args) else ""
     return routed + (f", wrote {written}" if written else "")
+
+
+def large_model_ran(args) -> bool:
+    return args.draft_model is not None or args.draft is not None
 
 
 # ----------------------------------------------------------------------------------------------- main
@@ -470,6 +487,8 @@ def load(args, options: dict):
     if args.self_speculative is not None and not 1 <= args.self_speculative < config.num_hidden_layers:
         raise UsageError(f"--self-speculative {args.self_speculative}: K must be in 1..{config.num_hidden_layers - 1}"
                          f" (the model has {config.num_hidden_layers} layers)")
+    if args.draft is not None and (args.int8 or config.model_type == "gpt_oss"):
+        raise UsageError("--draft int8 drafts with an int8 copy of a float LLaMA-style --model: leave --int8 off")
     if args.int8 and config.model_type == "gpt_oss":
         raise UsageError("--int8 supports LLaMA-style models; GPT-OSS keeps its MXFP4 experts: leave --int8 off")
     tokenizer = load_tokenizer(folder)
@@ -480,6 +499,10 @@ def load(args, options: dict):
     if args.int8:
         quantize_int8(model)
     draft = load_pretrained(args.draft_model, dtype=dtype, device=device) if args.draft_model else None
+    if args.draft == "int8":
+        from generation.int8_draft import int8_draft
+
+        draft = int8_draft(model)
     # The chat template ends a turn with the tokenizer's EOS, which a config may not list (Llama-3).
     eos = list(dict.fromkeys(config.eos_token_ids + [t for t in [tokenizer.eos_token_id] if t is not None]))
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else None)

@@ -219,7 +219,9 @@ def test_routing_threshold_decides_which_model_writes(tiny, tiny_draft, cli, cap
     assert code == 0, err
     assert out == expected[0] + "\n"
     large = 0 if writer == "small" else 8
-    assert SUMMARY.match(err.strip()).group(4) == f", large model chose {large} of 8 tokens, wrote {profile}"
+    # (a random model's entropy barely varies: a warning line may come before the summary)
+    summary = SUMMARY.match(err.strip().splitlines()[-1])
+    assert summary.group(4) == f", large model chose {large} of 8 tokens, wrote {profile}"
     tokens = json.loads(profile.read_text())["tokens"]
     assert [t["token_id"] for t in tokens] == ids[0].tolist()
     assert [t["model_used"] for t in tokens] == ["slm" if writer == "small" else "llm"] * 8

@@ -39,6 +39,7 @@ examples:
   %(prog)s --model big/ --draft-model small/ --strategy entropy --threshold 2.0 --prompt "Hi"
   %(prog)s --prompt "Explain gravity." --profile profile.json --plot profile.png
   %(prog)s --model path/to/hf_folder --dtype bfloat16 --device cuda --prompt "Hello"
+  torchrun --nproc-per-node 2 scripts/generate.py --tensor-parallel --prompt "Hello"
 
 The last line, on stderr, sums up the run:
   [prompt 37 tokens, 8 new tokens in 2.64 s (3.0 tokens/s), stop: eos]
@@ -114,6 +115,9 @@ def build_parser() -> Parser:
     add("--int8", action="store_true", help="weight-only int8: every matrix as int8 with a scale per row, half the "
         "bytes of bf16 (model/quantize.py); activations in --dtype, bfloat16 unless given (the CPU int8 kernel "
         "is fast only with bfloat16); fastest with --compile")
+    add("--tensor-parallel", action="store_true", help="split the model across the processes torchrun starts "
+        "(model/tensor_parallel.py): torchrun --nproc-per-node N scripts/generate.py --tensor-parallel ...; "
+        "process 0 prints; NCCL with --device cuda, gloo on the CPU")
     add = parser.add_argument_group("length and randomness").add_argument
     add("--max-new-tokens", metavar="N", type=int, default=256, help="at most this many new tokens (default: 256)")
     add("--seed", metavar="N", type=int, help="seed of the random generator (sampling, entropy random_after); "
@@ -495,7 +499,10 @@ def load(args, options: dict):
     ids = prompt_ids(tokenizer, args)
     check_prompt_length(len(ids), args.max_new_tokens, config.max_position_embeddings)
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.bfloat16 if args.int8 else None)
-    model = load_pretrained(folder, dtype=dtype, device=device, weight_layout=choose_weight_layout(args))
+    if args.tensor_parallel:
+        model = load_split(args, folder, dtype, device)
+    else:
+        model = load_pretrained(folder, dtype=dtype, device=device, weight_layout=choose_weight_layout(args))
     if args.int8:
         quantize_int8(model)
     draft = load_pretrained(args.draft_model, dtype=dtype, device=device) if args.draft_model else None
@@ -508,6 +515,21 @@ def load(args, options: dict):
     pad = config.pad_token_id if config.pad_token_id is not None else (eos[0] if eos else None)
     options.update(max_new_tokens=args.max_new_tokens, eos_token_id=eos, pad_token_id=pad, tokenizer=tokenizer)
     return model, draft, tokenizer, torch.tensor([ids], device=device)  # (1, T)
+
+
+def load_split(args, folder: Path, dtype, device):
+    """This process's part of the model (torchrun started N of them); only process 0 prints from here on."""
+    from model.shard_loading import load_tensor_parallel
+    from model.tensor_parallel import first_process_prints, init_tensor_parallel
+
+    refused = [flag for flag, given in (("--int8", args.int8), ("--compile", args.compile),
+                                        ("--draft-model", args.draft_model is not None)) if given]
+    if refused:
+        raise UsageError(f"--tensor-parallel splits the plain model across processes; {', '.join(refused)} "
+                         "cannot run split: leave them off")
+    mesh = init_tensor_parallel(device.type)
+    first_process_prints(mesh)
+    return load_tensor_parallel(folder, mesh, dtype=dtype, device=device)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -531,6 +553,10 @@ def run(args: argparse.Namespace) -> int:
     model, draft, tokenizer, input_ids = load(args, options)
     generator = torch.Generator(device=model.device)
     seed = generator.manual_seed(args.seed).initial_seed() if args.seed is not None else generator.seed()
+    if args.tensor_parallel:  # every process must draw the same tokens: process 0's seed for all
+        from model.tensor_parallel import same_on_every_process
+
+        seed = generator.manual_seed(same_on_every_process(seed)).initial_seed()
     options["generator"] = generator
     if args.compile:
         from generation.compiled import check_compilable
@@ -571,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except (ValueError, OSError, RuntimeError) as err:  # broken model files (CheckpointError, ConfigError, ...)
         return fail(str(err), 1)
+    finally:
+        if "torch" in sys.modules and sys.modules["torch"].distributed.is_initialized():  # --tensor-parallel
+            sys.modules["torch"].distributed.destroy_process_group()
 
 
 if __name__ == "__main__":

@@ -1,0 +1,168 @@
+"""Loading a checkpoint for tensor parallelism: each process reads only its own slices of the files.
+
+The model is built on the meta device and split by the plan (model/tensor_parallel.py); then, for every
+parameter, the process reads the rows or columns it keeps through safetensors' slice API
+(`safe_open(...).get_slice(name)[rows, cols]`), which copies only those bytes out of the file: per-process
+memory is about 1/N of the split matrices plus the replicated parts (embedding, head, norms, router), and the
+whole tensor is never materialised. MXFP4 experts are decoded per slice: a split by output rows reads whole
+blocks; a split by input features (down_proj) reads the 32-value blocks that cover the range, then cuts it.
+
+The header checks are load_pretrained's (model/loading.py); a failure on any process is shared with all of
+them (`agree`), so every process stops with the same message instead of waiting in a collective.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from safetensors import safe_open
+from torch import nn
+from torch.distributed.device_mesh import DeviceMesh
+from torch.distributed.tensor import DTensor
+from torch.distributed.tensor.parallel import parallelize_module
+
+from .causal_lm import CausalLM
+from .config import ModelConfig
+from .loading import (DTYPES, CheckpointError, check_dtypes, check_quantization, check_tensors, checkpoint_files,
+                      hf_to_local_name, merge_mxfp4_headers, read_headers, skip_parameter_init)
+from .mxfp4 import dequantize_expert_weight
+from .tensor_parallel import FIRST_RANK_ONLY, agree, check_divisible, shard_dims, tensor_parallel_plan
+
+
+@dataclass
+class LoadedBytes:
+    """What this process read from the files: the split tensors' bytes against their full size, and the rest."""
+
+    sharded_read: int = 0  # bytes of the slices read for split tensors (MXFP4: packed bytes)
+    sharded_total: int = 0  # those tensors' full size in the files
+    replicated_read: int = 0  # tensors every process reads whole
+
+
+def load_tensor_parallel(path: str | Path, mesh: DeviceMesh, dtype: torch.dtype | None = None,
+                         device: str | torch.device | None = None, attn_implementation: str = "sdpa",
+                         name_map: Callable[[str], str] = hf_to_local_name) -> CausalLM:
+    """A Hugging Face style folder -> this process's part of a CausalLM split across `mesh`, in eval mode.
+
+    Every process of the mesh calls it (with the same folder, or its own copy). `model.loaded_bytes` says what
+    this process read. Raises TensorParallelError on every process if any of them failed.
+    """
+    model, error = None, None
+    try:
+        model = _load_local_part(Path(path), mesh, dtype, device, attn_implementation, name_map)
+    except Exception as err:  # noqa: BLE001 - whatever it is, the other processes must hear of it, not hang
+        error = err
+    agree(error)
+    return model.eval()
+
+
+def _load_local_part(folder: Path, mesh: DeviceMesh, dtype, device, attn_implementation, name_map) -> CausalLM:
+    if not folder.is_dir():
+        raise CheckpointError(f"model folder {folder} does not exist")
+    config = ModelConfig.from_json(folder)
+    check_divisible(config, mesh.size())  # before anything is read
+    check_quantization(config)
+    files = checkpoint_files(folder)
+    stored_names = {name_map(name): name for name in files}  # ours -> as stored
+    headers = merge_mxfp4_headers({name_map(name): info for name, info in read_headers(files).items()})
+    with torch.device("meta"), skip_parameter_init():
+        model = CausalLM(config, attn_implementation)
+    check_tensors({name: tuple(t.shape) for name, t in model.state_dict().items()}, headers,
+                  config.tie_word_embeddings)
+    check_dtypes(headers, dtype)
+    plan = tensor_parallel_plan(config)
+    parallelize_module(model, mesh, plan)
+    params = dict(model.named_parameters(remove_duplicate=False))
+    dims = shard_dims(plan, list(params))
+    wanted = dtype or next(DTYPES[info[1]] for info in headers.values() if info[1] != "MXFP4")
+    model.loaded_bytes = LoadedBytes()
+    handles = {path: safe_open(str(path), framework="pt", device="cpu") for path in set(files.values())}
+    for name, param in params.items():
+        if name == "lm_head.weight" and config.tie_word_embeddings:
+            continue  # the same Parameter as embed_tokens.weight, set with it
+        if name in stored_names:
+            local = read_slice(handles[files[stored_names[name]]], stored_names[name], dims[name], mesh,
+                               model.loaded_bytes)
+        else:  # an MXFP4 expert: `<name>_blocks` + `<name>_scales`
+            local = read_mxfp4_slice(handles, files, stored_names, name, dims[name], mesh, wanted, model.loaded_bytes)
+        set_parameter(model, name, param, local.to(dtype=wanted, device=device), mesh)
+    if config.tie_word_embeddings:
+        model.lm_head.weight = model.embed_tokens.weight
+    return model
+
+
+def read_slice(handle, stored_name: str, dim: int | str | None, mesh: DeviceMesh, counts: LoadedBytes) -> torch.Tensor:
+    """This process's slice of one stored tensor, read through the slice API (only those bytes are copied)."""
+    piece = handle.get_slice(stored_name)
+    shape = piece.get_shape()
+    if dim is None or dim == FIRST_RANK_ONLY:
+        tensor = piece[:]
+        counts.replicated_read += tensor.nbytes
+        if dim == FIRST_RANK_ONLY and mesh.get_local_rank() != 0:
+            tensor = torch.zeros_like(tensor)  # added once to a sum of N partial results
+        return tensor
+    size = shape[dim] // mesh.size()
+    start = mesh.get_local_rank() * size
+    index = tuple(slice(start, start + size) if d == dim else slice(None) for d in range(len(shape)))
+    tensor = piece[index]
+    counts.sharded_read += tensor.nbytes
+    counts.sharded_total += tensor.nbytes * mesh.size()
+    return tensor
+
+
+def read_mxfp4_slice(handles, files, stored_names, name: str, dim: int | str | None, mesh: DeviceMesh,
+                     dtype: torch.dtype, counts: LoadedBytes) -> torch.Tensor:
+    """Decode this process's slice of an MXFP4 expert tensor, parameter layout (E, in, out), to `dtype`.
+
+    Stored: blocks (E, out, G, 16) and scales (E, out, G), G = in / 32. A split along `out` (dim 2 of the
+    parameter) slices the stored dim 1; a split along `in` (dim 1) reads the blocks covering the range.
+    """
+    blocks_name, scales_name = stored_names[name + "_blocks"], stored_names[name + "_scales"]
+    blocks = handles[files[blocks_name]].get_slice(blocks_name)
+    scales = handles[files[scales_name]].get_slice(scales_name)
+    E, out_features, G, _ = blocks.get_shape()
+    rank, world = mesh.get_local_rank(), mesh.size()
+    if dim == 2:
+        size = out_features // world
+        rows = slice(rank * size, (rank + 1) * size)
+        packed = (blocks[:, rows], scales[:, rows])
+        cut = slice(None)
+    elif dim == 1:
+        size = G * 32 // world
+        first, last = rank * size, (rank + 1) * size  # input features [first, last)
+        groups = slice(first // 32, -(-last // 32))  # the blocks that cover them
+        packed = (blocks[:, :, groups], scales[:, :, groups])
+        cut = slice(first - groups.start * 32, last - groups.start * 32)
+    else:
+        raise CheckpointError(f"'{name}' is stored in MXFP4 but the plan does not split it; only experts are MXFP4")
+    read = sum(t.nbytes for t in packed)
+    counts.sharded_read += read
+    counts.sharded_total += _full_bytes(blocks, scales)
+    return dequantize_expert_weight(*packed, dtype)[:, cut]  # (E, in_local, out_local)
+
+
+def _full_bytes(blocks, scales) -> int:
+    return sum(_numel(piece.get_shape()) for piece in (blocks, scales))  # uint8: one byte per element
+
+
+def _numel(shape) -> int:
+    count = 1
+    for size in shape:
+        count *= size
+    return count
+
+
+def set_parameter(model: nn.Module, name: str, meta: torch.Tensor, local: torch.Tensor, mesh: DeviceMesh) -> None:
+    """Replace a meta parameter by the loaded one: a DTensor over the local shard where the plan made one."""
+    module_path, _, attribute = name.rpartition(".")
+    module = model.get_submodule(module_path)
+    expected = meta.to_local().shape if isinstance(meta, DTensor) else meta.shape
+    if tuple(local.shape) != tuple(expected):
+        raise CheckpointError(f"tensor '{name}': this process read a slice of shape {list(local.shape)} but its "
+                              f"shard needs {list(expected)}")
+    if isinstance(meta, DTensor):
+        local = DTensor.from_local(local, mesh, meta.placements, run_check=False, shape=meta.shape,
+                                   stride=meta.stride())
+    setattr(module, attribute, nn.Parameter(local, requires_grad=False))

@@ -1,0 +1,180 @@
+"""Tensor parallelism on the CPU: 2 processes with gloo against one process (model/tensor_parallel.py).
+
+One torchrun launch (tests/tensor_parallel_worker.py) runs every check on tiny checkpoints and saves what each
+process computed; the tests compare it with the same checkpoint loaded by one process (itself held to
+transformers elsewhere, and here to transformers on an unpadded row). Every launch has a timeout: a set-up that
+hangs fails the test instead of the suite.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from conftest import default_model_dir, save_tiny_gpt_oss, save_tiny_llama
+from model import load_pretrained
+from tensor_parallel_worker import DECODING, MASK, PROMPTS, decode_all
+from test_mxfp4 import save_mxfp4_checkpoint
+
+ROOT = Path(__file__).resolve().parents[1]
+WORKER = ROOT / "tests" / "tensor_parallel_worker.py"
+SCRIPT = ROOT / "scripts" / "generate.py"
+LAUNCH_TIMEOUT_S = 300  # two busy cores; a launch takes about 10 s, a hang is cut here
+LAST_SHARD = "model-00006-of-00006.safetensors"  # the tiny LLaMA in 20 KB shards: 6 files
+MODELS = ("llama", "gpt_oss", "gpt_oss_mxfp4")
+SPLIT = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "gate_proj.weight", "up_proj.weight",
+         "down_proj.weight", "q_proj.bias", "k_proj.bias", "v_proj.bias", "sinks", "experts.gate_up_proj",
+         "experts.gate_up_proj_bias", "experts.down_proj", "_blocks", "_scales")  # names ending so: split
+
+
+def torchrun(*args: str, timeout: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout, env=env, cwd=ROOT)
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("tensor_parallel")
+    # LLaMA: GQA (4 query, 2 key-value heads), tied head, written in two files (an index and shards).
+    hf = save_tiny_llama(root / "llama", tie_word_embeddings=True)
+    (root / "llama" / "model.safetensors").unlink()
+    hf.save_pretrained(root / "llama", max_shard_size="20KB")
+    save_tiny_gpt_oss(root / "gpt_oss")  # sinks, sliding window 4 (the prompts are longer), 4 experts top-2
+    # MXFP4 experts, I = 96: each process's half of down_proj's inputs (48) straddles a 32-value block.
+    hf = save_tiny_gpt_oss(root / "gpt_oss_mxfp4", intermediate_size=96, num_local_experts=5)
+    save_mxfp4_checkpoint(root / "gpt_oss_mxfp4", hf, torch.Generator().manual_seed(2))
+    save_tiny_llama(root / "one_kv_head", num_key_value_heads=1)  # 1 key-value head cannot split over 2
+    # Process 1 reads a copy that lacks one shard; process 0 reads the whole checkpoint.
+    shutil.copytree(root / "llama", root / "llama_missing_1")
+    (root / "llama_missing_1" / LAST_SHARD).unlink()
+    shutil.copytree(root / "llama", root / "llama_missing_0")
+    return {path.name: path for path in root.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def results(folders, tmp_path_factory) -> list[dict]:
+    """What each of the 2 processes computed, from one launch."""
+    out = tmp_path_factory.mktemp("tensor_parallel_out")
+    args = [str(WORKER), str(out)]
+    for name in MODELS:
+        args += ["--model", f"{name}={folders[name]}"]
+    args += ["--bad", f"heads={folders['one_kv_head']}",
+             "--bad", f"missing_shard={folders['llama'].parent / 'llama_missing_{rank}'}"]
+    finished = torchrun(*args)
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    return [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
+
+
+@pytest.fixture(scope="module")
+def one_process(folders) -> dict[str, dict]:
+    """The same checks on the whole model in this process."""
+    expected = {}
+    for name in MODELS:
+        model = load_pretrained(folders[name], dtype=torch.float32)
+        with torch.inference_mode():
+            expected[name] = {"logits": model(PROMPTS, attention_mask=MASK).logits, "tokens": decode_all(model)}
+    return expected
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_logits_equal_one_process(results, one_process, name):
+    for rank in range(2):
+        torch.testing.assert_close(results[rank][name]["logits"], one_process[name]["logits"], rtol=1e-5, atol=1e-5)
+    assert torch.equal(results[0][name]["logits"], results[1][name]["logits"])  # bitwise: same tokens everywhere
+
+
+def test_llama_logits_equal_transformers(results, folders):
+    from transformers import LlamaForCausalLM
+
+    hf = LlamaForCausalLM.from_pretrained(folders["llama"], torch_dtype=torch.float32).eval()
+    with torch.no_grad():
+        expected = hf(PROMPTS[1:]).logits  # the unpadded row
+    torch.testing.assert_close(results[0]["llama"]["logits"][1:], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("strategy", list(DECODING))
+@pytest.mark.parametrize("name", MODELS)
+def test_decoded_tokens_equal_one_process(results, one_process, name, strategy):
+    """Greedy, sampling (seed 0 on every process), beam search, DoLa and entropy decoding."""
+    for rank in range(2):
+        assert torch.equal(results[rank][name]["tokens"][strategy], one_process[name]["tokens"][strategy])
+
+
+def split_bytes(folder: Path) -> int:
+    """Bytes of the tensors the plan splits, from the files' headers (independent of the loader's counting)."""
+    total = 0
+    for path in folder.glob("*.safetensors"):
+        with safe_open(str(path), framework="pt") as handle:
+            for name in handle.keys():
+                if name.endswith(SPLIT):
+                    piece = handle.get_slice(name)
+                    numel = torch.Size(piece.get_shape()).numel()
+                    total += numel * {"F32": 4, "U8": 1}[piece.get_dtype()]
+    return total
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_each_process_reads_half_of_the_split_tensors(results, folders, name):
+    total = split_bytes(folders[name])
+    for rank in range(2):
+        counted = results[rank][name]
+        assert counted["sharded_total"] == total
+        # Exactly half; MXFP4's down_proj reads the one 32-value block its half straddles as well.
+        assert total / 2 <= counted["sharded_read"] <= total / 2 * (1.1 if "mxfp4" in name else 1.0)
+        assert counted["local_heads"] == (2, 1)  # of 4 query and 2 key-value heads
+
+
+def test_indivisible_heads_fail_on_every_process_with_the_counts(results):
+    for rank in range(2):
+        message = results[rank]["heads"]
+        assert message.startswith("TensorParallelError") and "num_key_value_heads=1 does not divide by 2" in message
+
+
+def test_a_shard_missing_on_one_process_fails_on_every_process(results):
+    for rank in range(2):
+        message = results[rank]["missing_shard"]
+        assert "1 of 2 processes failed" in message and "process 1:" in message, message
+        assert LAST_SHARD in message and "missing" in message
+
+
+# ------------------------------------------------------------------------------------- the command line
+
+@pytest.fixture(scope="module")
+def chat_model(tmp_path_factory) -> Path:
+    """A tiny random LLaMA with the default model's tokenizer (4 query, 2 key-value heads)."""
+    source = default_model_dir()
+    if source is None:
+        pytest.skip("needs the default model's tokenizer files: python -m model.zoo fetch smollm2-135m-instruct")
+    folder = tmp_path_factory.mktemp("tp_chat")
+    save_tiny_llama(folder, vocab_size=49152, max_position_embeddings=512, initializer_range=0.2, eos_token_id=2)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(source / name, folder)
+    return folder
+
+
+def test_generate_script_prints_once_what_one_process_prints(chat_model, tmp_path):
+    args = ["--model", str(chat_model), "--prompt", "Name a colour.", "--max-new-tokens", "12", "--device", "cpu"]
+    alone = subprocess.run([sys.executable, str(SCRIPT), *args], capture_output=True, text=True, timeout=300)
+    split = torchrun(str(SCRIPT), "--tensor-parallel", *args)
+    assert alone.returncode == 0 and split.returncode == 0, split.stderr[-3000:]
+    assert alone.stdout.strip() and split.stdout == alone.stdout  # printed once, by process 0
+    assert split.stderr.count("[prompt ") == 1
+
+
+def test_generate_script_stops_every_process_on_a_bad_set_up(tmp_path, chat_model):
+    folder = tmp_path / "three_heads"
+    shutil.copytree(chat_model, folder)
+    save_tiny_llama(folder, vocab_size=49152, hidden_size=48, num_attention_heads=3, num_key_value_heads=3,
+                    max_position_embeddings=512)
+    split = torchrun(str(SCRIPT), "--tensor-parallel", "--model", str(folder), "--prompt", "Hi", "--device", "cpu")
+    assert split.returncode != 0
+    errors = [line for line in split.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "num_attention_heads=3, num_key_value_heads=3 do not divide by 2" in errors[0], errors

@@ -78,24 +78,31 @@ def _load_local_part(folder: Path, mesh: DeviceMesh, dtype, device, attn_impleme
     dims = shard_dims(plan, list(params))
     wanted = dtype or next(DTYPES[info[1]] for info in headers.values() if info[1] != "MXFP4")
     model.loaded_bytes = LoadedBytes()
-    handles = {path: safe_open(str(path), framework="pt", device="cpu") for path in set(files.values())}
     for name, param in params.items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue  # the same Parameter as embed_tokens.weight, set with it
         if name in stored_names:
-            local = read_slice(handles[files[stored_names[name]]], stored_names[name], dims[name], mesh,
-                               model.loaded_bytes)
+            local = read_slice(files[stored_names[name]], stored_names[name], dims[name], mesh, model.loaded_bytes)
         else:  # an MXFP4 expert: `<name>_blocks` + `<name>_scales`
-            local = read_mxfp4_slice(handles, files, stored_names, name, dims[name], mesh, wanted, model.loaded_bytes)
+            local = read_mxfp4_slice(files, stored_names, name, dims[name], mesh, wanted, model.loaded_bytes)
         set_parameter(model, name, param, local.to(dtype=wanted, device=device), mesh)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     return model
 
 
-def read_slice(handle, stored_name: str, dim: int | str | None, mesh: DeviceMesh, counts: LoadedBytes) -> torch.Tensor:
-    """This process's slice of one stored tensor, read through the slice API (only those bytes are copied)."""
-    piece = handle.get_slice(stored_name)
+def read_slice(path: Path, stored_name: str, dim: int | str | None, mesh: DeviceMesh,
+               counts: LoadedBytes) -> torch.Tensor:
+    """This process's slice of one stored tensor, read through the slice API (only those bytes are copied).
+
+    The file is opened for this one read: safetensors maps it and returns views into the mapping; a row slice
+    keeps only its own pages (touched when first used), a column slice is copied (see below).
+    """
+    with safe_open(str(path), framework="pt", device="cpu") as handle:
+        return _read_slice(handle.get_slice(stored_name), dim, mesh, counts)
+
+
+def _read_slice(piece, dim: int | str | None, mesh: DeviceMesh, counts: LoadedBytes) -> torch.Tensor:
     shape = piece.get_shape()
     if dim is None or dim == FIRST_RANK_ONLY:
         tensor = piece[:]
@@ -106,13 +113,15 @@ def read_slice(handle, stored_name: str, dim: int | str | None, mesh: DeviceMesh
     size = shape[dim] // mesh.size()
     start = mesh.get_local_rank() * size
     index = tuple(slice(start, start + size) if d == dim else slice(None) for d in range(len(shape)))
-    tensor = piece[index]
+    # A view into the mapped file; a column slice is strided over the whole tensor's pages, so it becomes a copy
+    # of its own bytes (only they stay resident once the file is closed).
+    tensor = piece[index].contiguous()
     counts.sharded_read += tensor.nbytes
     counts.sharded_total += tensor.nbytes * mesh.size()
     return tensor
 
 
-def read_mxfp4_slice(handles, files, stored_names, name: str, dim: int | str | None, mesh: DeviceMesh,
+def read_mxfp4_slice(files, stored_names, name: str, dim: int | str | None, mesh: DeviceMesh,
                      dtype: torch.dtype, counts: LoadedBytes) -> torch.Tensor:
     """Decode this process's slice of an MXFP4 expert tensor, parameter layout (E, in, out), to `dtype`.
 
@@ -120,8 +129,16 @@ def read_mxfp4_slice(handles, files, stored_names, name: str, dim: int | str | N
     parameter) slices the stored dim 1; a split along `in` (dim 1) reads the blocks covering the range.
     """
     blocks_name, scales_name = stored_names[name + "_blocks"], stored_names[name + "_scales"]
-    blocks = handles[files[blocks_name]].get_slice(blocks_name)
-    scales = handles[files[scales_name]].get_slice(scales_name)
+    with safe_open(str(files[blocks_name]), framework="pt") as blocks_file, \
+            safe_open(str(files[scales_name]), framework="pt") as scales_file:
+        packed, cut, full = _read_mxfp4_slice(blocks_file.get_slice(blocks_name), scales_file.get_slice(scales_name),
+                                              name, dim, mesh)
+    counts.sharded_read += sum(t.nbytes for t in packed)
+    counts.sharded_total += full
+    return dequantize_expert_weight(*packed, dtype)[:, cut].contiguous()  # (E, in_local, out_local)
+
+
+def _read_mxfp4_slice(blocks, scales, name: str, dim, mesh: DeviceMesh):
     E, out_features, G, _ = blocks.get_shape()
     rank, world = mesh.get_local_rank(), mesh.size()
     if dim == 2:
@@ -137,21 +154,8 @@ def read_mxfp4_slice(handles, files, stored_names, name: str, dim: int | str | N
         cut = slice(first - groups.start * 32, last - groups.start * 32)
     else:
         raise CheckpointError(f"'{name}' is stored in MXFP4 but the plan does not split it; only experts are MXFP4")
-    read = sum(t.nbytes for t in packed)
-    counts.sharded_read += read
-    counts.sharded_total += _full_bytes(blocks, scales)
-    return dequantize_expert_weight(*packed, dtype)[:, cut]  # (E, in_local, out_local)
-
-
-def _full_bytes(blocks, scales) -> int:
-    return sum(_numel(piece.get_shape()) for piece in (blocks, scales))  # uint8: one byte per element
-
-
-def _numel(shape) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
+    full = sum(torch.Size(piece.get_shape()).numel() for piece in (blocks, scales))  # uint8: a byte each
+    return packed, cut, full
 
 
 def set_parameter(model: nn.Module, name: str, meta: torch.Tensor, local: torch.Tensor, mesh: DeviceMesh) -> None:

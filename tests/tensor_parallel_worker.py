@@ -21,7 +21,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from generation import generate  # noqa: E402
 from model.shard_loading import load_tensor_parallel  # noqa: E402
-from model.tensor_parallel import init_tensor_parallel  # noqa: E402
+from model import load_pretrained  # noqa: E402
+from model.tensor_parallel import init_tensor_parallel, parallelize  # noqa: E402
 
 # Two left-padded rows; longer than the tiny GPT-OSS sliding window (4), so windowed layers drop keys.
 PROMPTS = torch.tensor([[0, 0, 5, 17, 33, 8, 61, 12], [9, 41, 3, 77, 25, 14, 6, 50]])
@@ -51,7 +52,10 @@ def check_model(folder: str, mesh) -> dict:
         logits = model(PROMPTS, attention_mask=MASK).logits  # (B, T, V), replicated on every process
         tokens = decode_all(model)
     bytes_read = model.loaded_bytes
-    return {"logits": logits.clone(), "tokens": tokens, "sharded_read": bytes_read.sharded_read,
+    whole = parallelize(load_pretrained(folder, dtype=torch.float32), mesh)  # the plan on a loaded model
+    with torch.inference_mode():
+        split_after_loading = whole(PROMPTS, attention_mask=MASK).logits
+    return {"logits": logits.clone(), "tokens": tokens, "logits_split_after_loading": split_after_loading.clone(), "sharded_read": bytes_read.sharded_read,
             "sharded_total": bytes_read.sharded_total, "replicated_read": bytes_read.replicated_read,
             "local_heads": (model.layers[0].self_attn.n_heads, model.layers[0].self_attn.n_kv)}
 

@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -89,6 +92,13 @@ def test_logits_equal_one_process(results, one_process, name):
     for rank in range(2):
         torch.testing.assert_close(results[rank][name]["logits"], one_process[name]["logits"], rtol=1e-5, atol=1e-5)
     assert torch.equal(results[0][name]["logits"], results[1][name]["logits"])  # bitwise: same tokens everywhere
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_the_plan_applied_to_a_loaded_model_gives_the_same_logits(results, one_process, name):
+    for rank in range(2):
+        torch.testing.assert_close(results[rank][name]["logits_split_after_loading"], one_process[name]["logits"],
+                                   rtol=1e-5, atol=1e-5)
 
 
 def test_llama_logits_equal_transformers(results, folders):
@@ -178,3 +188,25 @@ def test_generate_script_stops_every_process_on_a_bad_set_up(tmp_path, chat_mode
     assert split.returncode != 0
     errors = [line for line in split.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1 and "num_attention_heads=3, num_key_value_heads=3 do not divide by 2" in errors[0], errors
+
+
+def test_ctrl_c_ends_every_process_with_the_text_so_far(chat_model):
+    """SIGINT to the whole group, as a terminal's Ctrl-C: process 0 keeps what it printed and all processes end."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+                                str(SCRIPT), "--tensor-parallel", "--model", str(chat_model), "--device", "cpu",
+                                "--prompt", "Tell me a long story.", "--max-new-tokens", "400"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
+    printed = bytearray()
+    reader = threading.Thread(target=lambda: [printed.extend(chunk) for chunk in iter(lambda: os.read(
+        process.stdout.fileno(), 1 << 16), b"")], daemon=True)
+    reader.start()
+    deadline = time.monotonic() + 120
+    while len(printed) < 20 and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    assert printed, "nothing was printed"
+    os.killpg(process.pid, signal.SIGINT)
+    process.wait(timeout=60)  # torchrun and both workers; a hang fails here
+    reader.join(timeout=10)
+    err = process.stderr.read().decode()
+    assert err.count("stop: interrupted]") == 1, err[-3000:]

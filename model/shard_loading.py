@@ -88,12 +88,15 @@ def _load_local_part(folder: Path, mesh: DeviceMesh, dtype, device, attn_impleme
         set_parameter(model, name, param, local.to(dtype=wanted, device=device), mesh)
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
+    for module in model.modules() if device is not None else ():  # buffers (RoPE's frequencies) are on the CPU
+        for name, buffer in module.named_buffers(recurse=False):
+            setattr(module, name, buffer.to(device))
     return model
 
 
 def read_slice(path: Path, stored_name: str, dim: int | str | None, mesh: DeviceMesh,
                counts: LoadedBytes) -> torch.Tensor:
-    """This process's slice of one stored tensor, read through the slice API (only those bytes are copied).
+    """This process's slice of one stored tensor, read through the slice API (only those bytes are read).
 
     The file is opened for this one read: safetensors maps it and returns views into the mapping; a row slice
     keeps only its own pages (touched when first used), a column slice is copied (see below).

@@ -520,14 +520,17 @@ def load(args, options: dict):
 def load_split(args, folder: Path, dtype, device):
     """This process's part of the model (torchrun started N of them); only process 0 prints from here on."""
     from model.shard_loading import load_tensor_parallel
-    from model.tensor_parallel import first_process_prints, init_tensor_parallel
+    from model.tensor_parallel import TensorParallelError, first_process_prints, init_tensor_parallel
 
     refused = [flag for flag, given in (("--int8", args.int8), ("--compile", args.compile),
                                         ("--draft-model", args.draft_model is not None)) if given]
     if refused:
         raise UsageError(f"--tensor-parallel splits the plain model across processes; {', '.join(refused)} "
                          "cannot run split: leave them off")
-    mesh = init_tensor_parallel(device.type)
+    try:
+        mesh = init_tensor_parallel(device.type)
+    except TensorParallelError as err:  # not started by torchrun
+        raise UsageError(str(err)) from None
     first_process_prints(mesh)
     return load_tensor_parallel(folder, mesh, dtype=dtype, device=device)
 

@@ -179,6 +179,12 @@ def test_generate_script_prints_once_what_one_process_prints(chat_model, tmp_pat
     assert split.stderr.count("[prompt ") == 1
 
 
+def test_generate_script_without_torchrun_says_how_to_start_it(chat_model):
+    result = subprocess.run([sys.executable, str(SCRIPT), "--tensor-parallel", "--model", str(chat_model),
+                             "--prompt", "Hi", "--device", "cpu"], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.startswith("error:") and "torchrun --nproc-per-node" in result.stderr
+
+
 def test_generate_script_stops_every_process_on_a_bad_set_up(tmp_path, chat_model):
     folder = tmp_path / "three_heads"
     shutil.copytree(chat_model, folder)

@@ -29,7 +29,7 @@ from .config import ModelConfig
 from .loading import (DTYPES, CheckpointError, check_dtypes, check_quantization, check_tensors, checkpoint_files,
                       hf_to_local_name, merge_mxfp4_headers, read_headers, skip_parameter_init)
 from .mxfp4 import dequantize_expert_weight
-from .tensor_parallel import FIRST_RANK_ONLY, agree, check_divisible, shard_dims, tensor_parallel_plan
+from .tensor_parallel import FIRST_RANK_ONLY, agree, check_divisible, plain_linears, shard_dims, tensor_parallel_plan
 
 
 @dataclass
@@ -73,6 +73,7 @@ def _load_local_part(folder: Path, mesh: DeviceMesh, dtype, device, attn_impleme
                   config.tie_word_embeddings)
     check_dtypes(headers, dtype)
     plan = tensor_parallel_plan(config)
+    plain_linears(model, plan)
     parallelize_module(model, mesh, plan)
     params = dict(model.named_parameters(remove_duplicate=False))
     dims = shard_dims(plan, list(params))

@@ -163,7 +163,19 @@ def check_divisible(config: ModelConfig, world_size: int) -> None:
 def parallelize(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
     """Split `model` (loaded, or on the meta device) across `mesh` in place; every process calls it alike."""
     check_divisible(model.config, mesh.size())
-    return parallelize_module(model, mesh, tensor_parallel_plan(model.config))
+    plan = tensor_parallel_plan(model.config)
+    plain_linears(model, plan)
+    return parallelize_module(model, mesh, plan)
+
+
+def plain_linears(model: nn.Module, plan: dict[str, ParallelStyle]) -> None:
+    """Give the split linears nn.Linear's own forward: DTensor runs PyTorch's operators only, and a subclass
+    whose forward calls a kernel of its own (an accelerated product) has no rule for split weights."""
+    for path, module in model.named_modules():
+        split = any(fnmatchcase(path, pattern) for pattern, style in plan.items()
+                    if isinstance(style, (ColwiseParallel, RowwiseParallel)))
+        if split and isinstance(module, nn.Linear) and type(module) is not nn.Linear:
+            module.__class__ = nn.Linear
 
 
 def init_tensor_parallel(device: str = "cpu", timeout_s: float = 120.0) -> DeviceMesh:

@@ -34,7 +34,8 @@ of layers). It must not draw random numbers except from `ctx.generator`. `ctx` i
     ctx.hidden_states  tuple of num_hidden_layers + 1 tensors (B, 1, H) (embeddings, block 1..N, all
                        before the final norm) -- only if some step has `needs_hidden_states = True`;
                        otherwise None and the model is run without them
-    ctx.model          the CausalLM: ctx.model.early_exit_logits(ctx.hidden_states, layers) -> (len, B, V)
+    ctx.model          the CausalLM: ctx.model.early_exit_logits(ctx.hidden_states, layers) -> (len, B, V),
+                       or ctx.model.logits_from_hidden(states) for any (..., H) states
     ctx.early_exit_logits  (L, B, V) for a step with `early_exit_layers` (and `early_exit_norm`): the decode
                        loop has the model head those layers in the same matmul as the final position
                        (DoLa does); None elsewhere (beam search, scoring), where the step computes them

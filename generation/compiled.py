@@ -73,7 +73,7 @@ def decode_step(model, tokens: torch.Tensor, slots: torch.Tensor, position_ids: 
     mask = ((causal[None] & slot_mask[:, None, :]) | (key_slots == slots[:, None])[None])[:, None]  # (B, 1, T, S)
     for block in model.layers:
         x = block(x, cos, sin, mask, cache)
-    return model.lm_head(model.norm(x[:, -1:]))  # (B, 1, V)
+    return model.logits_from_hidden(x[:, -1:])  # (B, 1, V)
 
 
 @functools.cache

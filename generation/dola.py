@@ -245,11 +245,8 @@ class DoLa:
 
     def __call__(self, scores: torch.Tensor, ctx) -> torch.Tensor:
         premature = ctx.early_exit_logits  # (L, B, V), eq. 2, when the loop computed them with the final logits
-        if premature is None and self.variant == "paper":
-            premature = ctx.model.early_exit_logits(ctx.hidden_states, self.layers)
-        elif premature is None:
-            last = torch.stack([ctx.hidden_states[j][:, -1] for j in self.layers])  # (L, B, H)
-            premature = ctx.model.lm_head(last)
+        if premature is None:  # "transformers" heads the raw states, without the final norm
+            premature = ctx.model.early_exit_logits(ctx.hidden_states, self.layers, norm=self.early_exit_norm)
         if self.variant == "paper":
             new_scores, chosen, jsd = paper_dola_scores(scores, premature, self.layers, self.alpha)
         else:

@@ -26,8 +26,11 @@ def feed(model, cache: DynamicCache, sequence: torch.Tensor, logits_to_keep: int
     if unseen.shape[1] < logits_to_keep:
         raise ValueError(f"asked for {logits_to_keep} logits but the cache has seen all but {unseen.shape[1]} "
                          "tokens of the sequence")
-    out = model(unseen, cache=cache, logits_to_keep=logits_to_keep, num_layers=num_layers)
-    return out.logits[0].float()  # (logits_to_keep, V)
+    if num_layers is None:
+        return model(unseen, cache=cache, logits_to_keep=logits_to_keep).logits[0].float()  # (logits_to_keep, V)
+    # An early exit: the first num_layers blocks, then the final norm and the head.
+    (states,) = model.hidden_states(unseen, cache=cache, layers=[num_layers], keep_last=logits_to_keep)
+    return model.logits_from_hidden(states)[0].float()  # (logits_to_keep, V)
 
 
 def catch_up(model, cache: DynamicCache, sequence: torch.Tensor) -> bool:

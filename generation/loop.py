@@ -15,8 +15,6 @@ from typing import Callable, Iterator, Sequence
 import torch
 
 from cache import DynamicCache, cache_for_config
-from model.causal_lm import CausalLMOutput
-
 from .compiled import CompiledDecoder
 from .steps import LogitsStep, StepContext, apply_logits_steps, early_exit_request, needs_hidden_states
 from .stopping import STOP_REASONS, StopConditions
@@ -26,26 +24,52 @@ EarlyExit = tuple[tuple[int, ...], bool]  # (layers, with final norm): see steps
 
 
 def prefill(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache: DynamicCache,
-            output_hidden_states: bool = False, early_exit: EarlyExit | None = None):
+            output_hidden_states: bool = False, early_exit: EarlyExit | None = None) -> ModelStep:
     """Run the whole prompt (B, T) once, filling `cache`. Logits (B, 1, V) only for the last position:
     the other positions' predictions are never used, and the vocabulary matmul is the biggest one."""
-    return model(input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1,
-                 **_outputs(output_hidden_states, early_exit))
+    return run_model(model, input_ids, attention_mask, cache, output_hidden_states, early_exit)
 
 
 def decode_one_token(model, tokens: torch.Tensor, attention_mask: torch.Tensor | None, cache: DynamicCache,
-                     output_hidden_states: bool = False, early_exit: EarlyExit | None = None):
+                     output_hidden_states: bool = False, early_exit: EarlyExit | None = None) -> ModelStep:
     """Feed the newest tokens (B, 1); the cache supplies every earlier key and value.
     attention_mask, when given, covers the cached positions plus this one: (B, past + 1)."""
-    return model(tokens, attention_mask=attention_mask, cache=cache, logits_to_keep=1,
-                 **_outputs(output_hidden_states, early_exit))
+    return run_model(model, tokens, attention_mask, cache, output_hidden_states, early_exit)
 
 
-def _outputs(output_hidden_states: bool, early_exit: EarlyExit | None) -> dict:
+@dataclass
+class ModelStep:
+    """What the model gave the loop for the last position."""
+
+    logits: torch.Tensor  # (B, 1, V)
+    hidden_states: tuple[torch.Tensor, ...] | None = None  # (B, 1, H) per layer, when a step needs them
+    early_exit_logits: torch.Tensor | None = None  # (L, B, V) the layers of `early_exit`, when asked
+
+
+def run_model(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, cache,
+              output_hidden_states: bool = False, early_exit: EarlyExit | None = None) -> ModelStep:
+    """The model on input_ids (B, T) with the cache; the last position's logits and what the steps asked for."""
     if early_exit is None:
-        return {"output_hidden_states": output_hidden_states}
-    layers, norm = early_exit  # the model heads these layers in the same matmul as the final position
-    return {"output_hidden_states": True, "early_exit_layers": layers, "early_exit_norm": norm}
+        out = model(input_ids, attention_mask=attention_mask, cache=cache, logits_to_keep=1,
+                    output_hidden_states=output_hidden_states)
+        return ModelStep(out.logits, out.hidden_states)
+    states = model.hidden_states(input_ids, attention_mask, cache=cache, keep_last=1)  # N + 1 of (B, 1, H)
+    logits, early = final_and_early_exit_logits(model, states, *early_exit)
+    return ModelStep(logits, states, early)
+
+
+def final_and_early_exit_logits(model, states: tuple[torch.Tensor, ...], layers: Sequence[int],
+                                norm: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The final logits (B, 1, V) and the early-exit logits of `layers` (L, B, V), last position, in one head
+    matmul: DoLa and entropy decoding need both every step, and one pass over the head for 1 + L rows costs
+    little more than for one. norm=False heads the early layers' raw states (the final one is always normed)."""
+    final = states[-1][:, -1]  # (B, H)
+    early = torch.stack([states[j][:, -1] for j in layers])  # (L, B, H)
+    if norm:
+        logits = model.logits_from_hidden(torch.cat([final[None], early]))  # (1 + L, B, V)
+    else:
+        logits = model.logits_from_hidden(torch.cat([model.norm(final)[None], early]), norm=False)
+    return logits[0][:, None], logits[1:]
 
 
 def extend_mask(attention_mask: torch.Tensor | None) -> torch.Tensor | None:
@@ -148,10 +172,10 @@ def _compiled_runner(model, batch_size: int, max_length: int):
     decoder = CompiledDecoder(model, batch_size, max_length)
 
     def run_prompt(input_ids, attention_mask):
-        return CausalLMOutput(decoder.prefill(input_ids, attention_mask))
+        return ModelStep(decoder.prefill(input_ids, attention_mask))
 
     def run_token(tokens, attention_mask):
-        return CausalLMOutput(decoder.decode(tokens))
+        return ModelStep(decoder.decode(tokens))
 
     return run_prompt, run_token
 

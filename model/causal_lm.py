@@ -29,8 +29,6 @@ class CausalLMOutput:
     # With output_hidden_states: num_hidden_layers + 1 tensors (B, T_kept, H): the embeddings, then each
     # block's output *before* the final norm. (transformers puts norm(last block) in the last slot instead.)
     hidden_states: tuple[torch.Tensor, ...] | None = None
-    # With early_exit_layers: (L, B, vocab), the head on those layers' last position (see forward).
-    early_exit_logits: torch.Tensor | None = None
 
 
 def default_position_ids(attention_mask: torch.Tensor | None, past_length: int, new_length: int,
@@ -103,22 +101,32 @@ class CausalLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, cache=None, output_hidden_states: bool = False,
-                logits_to_keep: int = 0, num_layers: int | None = None,
-                early_exit_layers: Sequence[int] = (), early_exit_norm: bool = True) -> CausalLMOutput:
-        """input_ids (B, T); attention_mask (B, past + T) with 0 for padding; cache updated in place.
+                logits_to_keep: int = 0) -> CausalLMOutput:
+        """input_ids (B, T) -> logits (B, T_kept, vocab): the blocks (`hidden_states`), then the head
+        (`logits_from_hidden`). attention_mask (B, past + T) has 0 for padding; cache is updated in place.
 
         logits_to_keep > 0 computes logits (and keeps hidden states) only for the last that many positions:
         a decode step needs one, and the head is the largest matmul of a small model.
-        num_layers runs only the first that many blocks, then the final norm and head: an early exit, as
-        self-speculative drafting uses (generation/drafting.py); only those blocks' cache layers grow.
-        early_exit_layers (with logits_to_keep=1): also the head on those layers' last position (after the final
-        norm unless early_exit_norm=False), in the same matmul as the final logits: DoLa needs both every step,
-        and one pass over the 49152 x 576 head for all rows costs little more than for one.
         """
-        if num_layers is not None and not 1 <= num_layers <= len(self.layers):
-            raise ValueError(f"num_layers must be in [1, {len(self.layers)}] (or None for all), got {num_layers}")
-        if early_exit_layers and (logits_to_keep != 1 or not output_hidden_states):
-            raise ValueError("early_exit_layers needs logits_to_keep=1 and output_hidden_states=True")
+        layers = None if output_hidden_states else [len(self.layers)]  # only the last block's output otherwise
+        states = self.hidden_states(input_ids, attention_mask, position_ids, cache, layers, logits_to_keep)
+        logits = self.logits_from_hidden(states[-1])  # (B, T_kept, vocab)
+        return CausalLMOutput(logits, states if output_hidden_states else None)
+
+    def hidden_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,
+                      position_ids: torch.Tensor | None = None, cache=None, layers: Sequence[int] | None = None,
+                      keep_last: int = 0) -> tuple[torch.Tensor, ...]:
+        """The residual stream after each of `layers`, (B, T_kept, H) each, in the order asked.
+
+        Layer 0 is the embeddings, layer j the output of block j (before the final norm); None asks for all
+        num_hidden_layers + 1. Only blocks 1..max(layers) run, so asking for layer k is an early exit after
+        k blocks (self-speculative drafting, generation/drafting.py); only those blocks' cache layers grow.
+        keep_last > 0 keeps only the last that many positions.
+        """
+        N = len(self.layers)
+        layers = range(N + 1) if layers is None else list(layers)
+        if not layers or any(not 0 <= j <= N for j in layers):
+            raise ValueError(f"layers must be numbers in [0, {N}] (0 = embeddings, j = block j), got {list(layers)}")
         B, T = input_ids.shape
         past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
@@ -129,24 +137,30 @@ class CausalLM(nn.Module):
         masks = {"full_attention": build_attention_mask(attention_mask, T, past + T, input_ids.device)}
         if "sliding_attention" in (self.config.layer_types or ()):
             masks["sliding_attention"] = self.sliding_window_mask(attention_mask, T, cache)
-        keep = slice(-logits_to_keep, None) if logits_to_keep else slice(None)
-        hidden_states = [x[:, keep]] if output_hidden_states else None
-        for block in self.layers[:num_layers]:
+        keep = slice(-keep_last, None) if keep_last else slice(None)
+        kept = {0: x[:, keep]} if 0 in layers else {}
+        for j, block in enumerate(self.layers[:max(layers)], start=1):
             x = block(x, cos, sin, masks[block.attention_type], cache)
-            if hidden_states is not None:
-                hidden_states.append(x[:, keep])
-        if early_exit_layers:
-            return self.logits_with_early_exits(x, hidden_states, early_exit_layers, early_exit_norm)
-        logits = self.lm_head(self.norm(x[:, keep]))  # (B, T_kept, vocab)
-        return CausalLMOutput(logits, tuple(hidden_states) if hidden_states is not None else None)
+            if j in layers:
+                kept[j] = x[:, keep]
+        return tuple(kept[j] for j in layers)
 
-    def logits_with_early_exits(self, x: torch.Tensor, hidden_states: list[torch.Tensor], layers: Sequence[int],
-                                norm_early: bool) -> CausalLMOutput:
-        """Final logits (B, 1, V) and early-exit logits (L, B, V) of the last position from one head matmul."""
-        early = torch.stack([hidden_states[j][:, -1] for j in layers])  # (L, B, H)
-        rows = torch.cat([self.norm(x[:, -1])[None], self.norm(early) if norm_early else early])  # (1 + L, B, H)
-        logits = self.lm_head(rows)  # (1 + L, B, vocab)
-        return CausalLMOutput(logits[0][:, None], tuple(hidden_states), logits[1:])
+    def logits_from_hidden(self, states: torch.Tensor, norm: bool = True) -> torch.Tensor:
+        """Residual-stream states (..., H), of any layers stacked together, -> logits (..., vocab) in one matmul.
+
+        The final norm then the (tied) head, as for the last block; on an earlier layer this is its early-exit
+        logits (the "logit lens"; DoLa eq. 2). norm=False heads the raw states, as transformers' DoLa does.
+        """
+        return self.lm_head(self.norm(states) if norm else states)
+
+    def early_exit_logits(self, hidden_states: Sequence[torch.Tensor], layers: Sequence[int],
+                          norm: bool = True) -> torch.Tensor:
+        """Logits as if the model stopped after each of `layers`, at the last position: (len(layers), B, vocab).
+
+        hidden_states: the tuple from forward(output_hidden_states=True); index 0 = embeddings, j = block j.
+        """
+        last = torch.stack([hidden_states[j][:, -1] for j in layers])  # (L, B, H)
+        return self.logits_from_hidden(last, norm)  # (L, B, vocab)
 
     def sliding_window_mask(self, attention_mask: torch.Tensor | None, new_length: int, cache) -> torch.Tensor:
         """The mask of the "sliding_attention" layers, (B or 1, 1, T, S_kept + T).
@@ -163,15 +177,6 @@ class CausalLM(nn.Module):
         if attention_mask is not None:
             attention_mask = attention_mask[:, -key_length:]  # the full mask already checked its width
         return build_attention_mask(attention_mask, new_length, key_length, self.device, self.config.sliding_window)
-
-    def early_exit_logits(self, hidden_states: Sequence[torch.Tensor], layers: Sequence[int]) -> torch.Tensor:
-        """Logits as if the model stopped after each of `layers`: final norm + the same head (DoLa eq. 2).
-
-        hidden_states: the tuple from forward(output_hidden_states=True); index 0 = embeddings, j = block j.
-        Returns (len(layers), B, vocab) for the last position, computed in one batched matmul.
-        """
-        last = torch.stack([hidden_states[j][:, -1] for j in layers])  # (L, B, H)
-        return self.lm_head(self.norm(last))  # (L, B, vocab)
 
     def num_parameters(self) -> int:
         """Distinct parameters (a tied head is counted once)."""

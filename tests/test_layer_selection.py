@@ -13,7 +13,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from generation import generate, stack_records
+from generation import generate, loop, stack_records
 from generation.entropy import EntropyLayerChoice
 from generation.scoring import continuation_log_probs
 from generation.steps import StepContext
@@ -95,15 +95,14 @@ def test_uniform_premature_and_alpha_zero_reproduce_plain_decoding(untied8, monk
     plain = generate(ours, ids, max_new_tokens=10, eos_token_id=[], output_scores=True)
     # Zero early-exit logits = a uniform q_M: the contrast is log q_N + const, so p_hat = q_N. The decode loop
     # gets them from the forward pass (one head matmul with the final logits); other callers from the model.
-    monkeypatch.setattr(ours, "early_exit_logits", lambda hidden, layers: torch.zeros(len(layers), 2, 96))
-    with_early_exits = ours.logits_with_early_exits
+    monkeypatch.setattr(ours, "early_exit_logits", lambda hidden, layers, norm=True: torch.zeros(len(layers), 2, 96))
+    with_early_exits = loop.final_and_early_exit_logits
 
     def uniform_early_exits(*args):
-        out = with_early_exits(*args)
-        out.early_exit_logits = torch.zeros_like(out.early_exit_logits)
-        return out
+        logits, early = with_early_exits(*args)
+        return logits, torch.zeros_like(early)
 
-    monkeypatch.setattr(ours, "logits_with_early_exits", uniform_early_exits)
+    monkeypatch.setattr(loop, "final_and_early_exit_logits", uniform_early_exits)
     dola = generate(ours, ids, max_new_tokens=10, eos_token_id=[], output_scores=True,
                     dola_layers=[2], dola_alpha=0.0)
     assert torch.equal(dola.sequences, plain.sequences)

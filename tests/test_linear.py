@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from conftest import save_tiny_llama
+from generation.loop import final_and_early_exit_logits
 from model import load_pretrained
 from model.layers import RMSNorm, rms_norm_reference
 import model.linear as linear_module
@@ -243,12 +244,11 @@ def test_packed_head_gives_transformers_early_exit_logits_and_notices_a_changed_
 
     def check():
         with torch.no_grad():
-            out = model(ids, output_hidden_states=True, logits_to_keep=1, early_exit_layers=layers,
-                        early_exit_norm=False)
+            logits, early = final_and_early_exit_logits(model, model.hidden_states(ids, keep_last=1), layers, False)
             hidden = hf(ids, output_hidden_states=True).hidden_states  # transformers: the same un-normed states
             expected = torch.stack([hf.lm_head(hidden[j][:, -1]) for j in layers])
-            torch.testing.assert_close(out.early_exit_logits, expected, atol=1e-4, rtol=0)
-            torch.testing.assert_close(out.logits, hf(ids).logits[:, -1:], atol=1e-4, rtol=0)
+            torch.testing.assert_close(early, expected, atol=1e-4, rtol=0)
+            torch.testing.assert_close(logits, hf(ids).logits[:, -1:], atol=1e-4, rtol=0)
 
     check()
     with torch.no_grad():

@@ -101,21 +101,45 @@ def test_early_exit_logits_apply_final_norm_and_head(tmp_path):
 
 
 @pytest.mark.parametrize("norm", [True, False])
-def test_early_exit_layers_in_the_forward_equal_transformers_heads(tmp_path, norm):
-    """forward(early_exit_layers=...) heads the final and the early rows in one matmul (what DoLa uses)."""
+def test_hidden_states_and_one_head_matmul_equal_transformers(tmp_path, norm):
+    """hidden_states(layers=...) gives transformers' hidden states of those layers; logits_from_hidden heads any
+    stack of them (final norm on or off) in one matmul; the decode loop's final + early-exit logits (what DoLa
+    uses) equal transformers' head on each layer."""
+    from generation.loop import final_and_early_exit_logits
+
     hf = save_tiny_llama(tmp_path, num_hidden_layers=3)
     model = load_pretrained(tmp_path)
     ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(5))
     with torch.no_grad():
         ref = hf(ids, output_hidden_states=True)
-        out = model(ids, output_hidden_states=True, logits_to_keep=1, early_exit_layers=[1, 2], early_exit_norm=norm)
+        states = model.hidden_states(ids, layers=[2, 0, 1])
+        for got, j in zip(states, [2, 0, 1]):
+            torch.testing.assert_close(got, ref.hidden_states[j], atol=1e-5, rtol=0)
+        stacked = model.logits_from_hidden(torch.stack(states), norm=norm)  # (3, B, T, V)
+        for got, j in zip(stacked, [2, 0, 1]):
+            hidden = ref.hidden_states[j]
+            torch.testing.assert_close(got, hf.lm_head(hf.model.norm(hidden) if norm else hidden), atol=1e-5, rtol=0)
+        logits, early = final_and_early_exit_logits(model, model.hidden_states(ids, keep_last=1), [1, 2], norm)
         for row, j in enumerate([1, 2]):
             hidden = ref.hidden_states[j][:, -1]
             expected = hf.lm_head(hf.model.norm(hidden) if norm else hidden)
-            torch.testing.assert_close(out.early_exit_logits[row], expected, atol=1e-5, rtol=0)
-        torch.testing.assert_close(out.logits, ref.logits[:, -1:], atol=1e-5, rtol=0)
-        with pytest.raises(ValueError, match="logits_to_keep=1 and output_hidden_states=True"):
-            model(ids, early_exit_layers=[1])
+            torch.testing.assert_close(early[row], expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(logits, ref.logits[:, -1:], atol=1e-5, rtol=0)
+
+
+def test_hidden_states_run_only_the_blocks_asked_for(tmp_path):
+    """Asking for layer k runs blocks 1..k only (an early exit): only their cache layers grow."""
+    save_tiny_llama(tmp_path, num_hidden_layers=3)
+    model = load_pretrained(tmp_path)
+    ids = torch.randint(3, 97, (1, 5), generator=torch.Generator().manual_seed(6))
+    cache = DynamicCache(3)
+    with torch.no_grad():
+        (x,) = model.hidden_states(ids, cache=cache, layers=[2], keep_last=2)
+    assert x.shape == (1, 2, 32)
+    assert [layer.get_seq_length() for layer in cache.layers] == [5, 5, 0]
+    for bad in ([4], [-1], []):
+        with pytest.raises(ValueError, match="layers must be numbers in"):
+            model.hidden_states(ids, layers=bad)
 
 
 def test_tied_head_shares_the_embedding_matrix(tmp_path):

@@ -313,7 +313,12 @@ def prompt_ids(tokenizer, args: argparse.Namespace) -> list[int]:
         return tokenizer.encode(args.prompt)
     messages = [{"role": "system", "content": args.system}] if args.system is not None else []
     messages.append({"role": "user", "content": args.prompt})
-    return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    from tokenizer import ChatTemplateRefusal
+
+    try:
+        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=True)
+    except ChatTemplateRefusal as err:  # e.g. no system message: bad input (exit 2); a broken template exits 1
+        raise UsageError(f"{err} (change the messages, e.g. leave out --system, or use --no-chat)") from None
 
 
 def check_prompt_length(num_prompt: int, max_new_tokens: int, context: int) -> None:

@@ -80,3 +80,15 @@ def test_dtype_flag_loads_a_mixed_dtype_checkpoint(tiny, cli, capsys, tmp_path):
 def test_non_finite_numbers_are_one_line_with_exit_code_2(tiny, cli, capsys, flags, message):
     code, out, err = run_main(cli, capsys, "--model", str(tiny[0]), "--prompt", "hi", *flags)
     assert (code, out) == (2, "") and err.count("\n") == 1 and message in err, err
+
+
+@pytest.mark.parametrize("template, code, message", [
+    ("{% if messages[0].role == 'system' %}{{ raise_exception('System role not supported') }}{% endif %}x",
+     2, "tokenizer_config.json refused these messages: System role not supported (change the messages"),
+    ("{{ 'a' * 10**10 }}", 1, "tokenizer_config.json failed: it needs more than 96 MB of memory"),
+    ("{% if add_generation_prompt %}{% endif %}", 1, "tokenizer_config.json rendered nothing"),
+], ids=["refused", "hostile", "renders_nothing"])
+def test_chat_template_errors_are_one_line(tiny, cli, capsys, tmp_path, template, code, message):
+    folder = copy_with(tiny, tmp_path, "template", edit_json("tokenizer_config.json", {"chat_template": template}))
+    got, out, err = run_main(cli, capsys, "--model", str(folder), "--prompt", "hi", "--system", "Be brief.")
+    assert (got, out) == (code, "") and err.count("\n") == 1 and message in err, err

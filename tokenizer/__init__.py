@@ -24,7 +24,7 @@ Tests (``tests/test_tokenizer*.py``) compare encode, decode and chat templates w
 
 from .base import AddedToken, BatchEncoding, Tokenizer
 from .bpe import BPETokenizer, BytePairModel
-from .chat import render_chat_template
+from .chat import ChatTemplateError, ChatTemplateRefusal, render_chat_template
 from .loading import load_tokenizer
 from .spm import SentencePieceTokenizer
 from .streaming import StreamDecoder
@@ -34,6 +34,8 @@ __all__ = [
     "BatchEncoding",
     "BPETokenizer",
     "BytePairModel",
+    "ChatTemplateError",
+    "ChatTemplateRefusal",
     "SentencePieceTokenizer",
     "StreamDecoder",
     "Tokenizer",

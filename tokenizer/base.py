@@ -70,6 +70,7 @@ class Tokenizer:
         self._added_pattern = special_token_pattern(added_tokens)
         self.bos_token, self.eos_token, self.pad_token, self.unk_token = bos_token, eos_token, pad_token, unk_token
         self.chat_template = chat_template
+        self.chat_template_name = "the chat template"  # load_tokenizer names the file it came from
 
     # ---- what a subclass provides -------------------------------------------------------------
     def _encode_plain(self, text: str) -> list[int]:
@@ -209,6 +210,7 @@ class Tokenizer:
         """Render ``messages`` ([{"role": ..., "content": ...}, ...]) with the checkpoint's chat template.
 
         Returns the prompt text, or its ids (no extra special tokens added) when ``tokenize=True``.
+        Raises ``chat.ChatTemplateError`` (``ChatTemplateRefusal`` when the template refuses the messages).
         """
         template = chat_template or self.chat_template
         if template is None:
@@ -218,7 +220,9 @@ class Tokenizer:
             )
         special = {"bos_token": self.bos_token, "eos_token": self.eos_token,
                    "pad_token": self.pad_token, "unk_token": self.unk_token}
-        text = render_chat_template(template, messages, add_generation_prompt, **{**special, **template_kwargs})
+        name = "the chat_template argument" if chat_template else self.chat_template_name
+        text = render_chat_template(template, messages, add_generation_prompt, template_name=name,
+                                    **{**special, **template_kwargs})
         return self.encode(text, add_special_tokens=False) if tokenize else text
 
     # ---- streaming ----------------------------------------------------------------------------

@@ -150,7 +150,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         raise FileNotFoundError(f"Tokenizer path {path} does not exist.")
     if path.is_file():
         if path.suffix == ".gguf":
-            return bpe_from_gguf(path)
+            return name_template(bpe_from_gguf(path), path)
         if path.name in ("tokenizer.json", "tokenizer.model"):
             path = path.parent
         else:
@@ -168,17 +168,26 @@ def check_special_tokens(tokenizer: Tokenizer, folder: Path) -> Tokenizer:
     return tokenizer
 
 
+def name_template(tokenizer: Tokenizer, source: Path) -> Tokenizer:
+    """Remember where the chat template came from, so that its errors name the file."""
+    if source.is_dir():
+        jinja = source / "chat_template.jinja"
+        source = jinja if jinja.is_file() else source / "tokenizer_config.json"
+    tokenizer.chat_template_name = f"the chat template of {source}"
+    return tokenizer
+
+
 def _load_from_folder(folder: Path) -> Tokenizer:
     tokenizer_json, sp_model = folder / "tokenizer.json", folder / "tokenizer.model"
     if tokenizer_json.is_file():
         spec = read_json(tokenizer_json)
         if is_byte_level(spec) or not sp_model.is_file():  # LLaMA-2 folders carry both; their json is not
-            return check_special_tokens(bpe_from_tokenizer_json(tokenizer_json, spec), folder)
+            return name_template(check_special_tokens(bpe_from_tokenizer_json(tokenizer_json, spec), folder), folder)
     if sp_model.is_file():
-        return check_special_tokens(sentencepiece_from_folder(sp_model), folder)
+        return name_template(check_special_tokens(sentencepiece_from_folder(sp_model), folder), folder)
     ggufs = sorted(folder.glob("*.gguf"))
     if len(ggufs) == 1:
-        return bpe_from_gguf(ggufs[0])
+        return name_template(bpe_from_gguf(ggufs[0]), ggufs[0])
     raise FileNotFoundError(
         f"No tokenizer found in {folder}: looked for tokenizer.json, tokenizer.model or a single .gguf file"
         f"{f' (found {len(ggufs)} .gguf files; pass one of them)' if ggufs else ''}. "

@@ -12,6 +12,17 @@ import torch
 torch.set_num_threads(int(os.environ.get("SCRATCH_LM_TEST_THREADS", "2")))
 
 
+# Fixtures that load the real default model's weights: a test using one runs for seconds to minutes, so it is
+# marked `slow` and `pytest -m "not slow"` (the inner loop) leaves it out. CI runs everything.
+REAL_MODEL_FIXTURES = {"default_model_path", "default_tokenizer"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if REAL_MODEL_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
+
+
 def save_tiny_llama(folder: Path, seed: int = 0, **overrides):
     """Save a random transformers LlamaForCausalLM with a tiny config; return the HF model (fp32, eval)."""
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -70,10 +81,7 @@ def default_model_dir() -> Path | None:
 @pytest.fixture(scope="session")
 def default_model_path():
     """The dequantized SmolLM2-135M-Instruct folder; scripts/setup.sh prepares it (skip if absent)."""
-    try:
-        path = default_model_dir()
-    except ImportError:
-        path = None
+    path = default_model_dir()
     if path is None:
         pytest.skip("default model not prepared: run `python -m model.zoo fetch smollm2-135m-instruct`")
     return path

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # the oracle
 
 from conftest import default_model_dir, save_tiny_gpt_oss, save_tiny_llama
 
-transformers = pytest.importorskip("transformers")
 
 SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "generate.py"
 EOS = 2  # <|im_end|> in the SmolLM2 tokenizer, and the tiny model's eos_token_id
@@ -193,7 +193,6 @@ def test_auto_weight_layout_follows_the_rows_of_the_products(cli, monkeypatch, f
 # ------------------------------------------------------------------- two models, profiles and plots
 
 def test_speculative_decoding_prints_the_targets_greedy_text(tiny, tiny_draft, cli, capsys):
-    pytest.importorskip("generation.speculative")
     expected, _ = hf_generate(tiny, "Tell me a story.", max_new_tokens=8)
     for flags in (["--draft-model", str(tiny_draft[0]), "--num-draft-tokens", "3"], ["--self-speculative", "1"]):
         code, out, err = run_main(cli, capsys, "--model", str(tiny[0]), "--device", "cpu", "--prompt",
@@ -209,7 +208,6 @@ def test_speculative_decoding_prints_the_targets_greedy_text(tiny, tiny_draft, c
 def test_routing_threshold_decides_which_model_writes(tiny, tiny_draft, cli, capsys, tmp_path, threshold, writer):
     """Entropy routing: above any threshold nothing is routed (the small model writes everything), below any
     threshold everything is; the text is then that model's greedy text by transformers."""
-    pytest.importorskip("generation.profiling")
     expected, ids = hf_generate(tiny, "Tell me a story.", max_new_tokens=8,
                                 model=tiny_draft[1] if writer == "small" else None)
     profile = tmp_path / "profile.json"
@@ -229,7 +227,6 @@ def test_routing_threshold_decides_which_model_writes(tiny, tiny_draft, cli, cap
 
 @pytest.mark.parametrize("flags", [["--entropy-decoding", "trough"], ["--profile", "p.json"]])
 def test_plot_writes_a_png(tiny, cli, capsys, tmp_path, flags):
-    pytest.importorskip("generation.analysis" if "--profile" not in flags else "generation.profiling")
     flags = [str(tmp_path / f) if f.endswith(".json") else f for f in flags]
     code, out, err = run_main(cli, capsys, "--model", str(tiny[0]), "--device", "cpu", "--prompt", "Hi",
                               "--max-new-tokens", "5", *flags, "--plot", str(tmp_path / "figure.png"))

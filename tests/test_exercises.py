@@ -14,6 +14,8 @@ import pytest
 
 from lessons.exercises import available_lessons, exercise_names, load_implementation, stub_path
 
+pytestmark = pytest.mark.slow  # the grader runs every lesson's exercises in a subprocess, twice
+
 REPO = Path(__file__).resolve().parents[1]
 LESSONS = available_lessons()
 

@@ -7,13 +7,13 @@ import math
 
 import pytest
 import torch
+import transformers.generation.logits_process as tlp  # the oracle
 
 from generation import (GenerationOptions, MinP, RepetitionPenalty, Temperature, TopK, TopP, build_logits_steps,
                         generate, min_p_filter, no_repeat_ngram, repetition_penalty, select_sample, stream,
                         temperature_scale, top_k_filter, top_p_filter)
 from model import CausalLM, ModelConfig
 
-tlp = pytest.importorskip("transformers.generation.logits_process")
 
 VOCAB = 40
 

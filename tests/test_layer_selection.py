@@ -12,14 +12,13 @@ from types import SimpleNamespace
 
 import pytest
 import torch
+import transformers  # the oracle
 
 from generation import generate, loop, stack_records
 from generation.entropy import EntropyLayerChoice
 from generation.scoring import continuation_log_probs
 from generation.steps import StepContext
 from model import load_pretrained
-
-transformers = pytest.importorskip("transformers")
 
 
 def tiny_pair(folder, num_hidden_layers: int, tie_word_embeddings: bool, seed: int = 0):

@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+import transformers  # the oracle
 from safetensors.torch import save_file
+from transformers.integrations.mxfp4 import convert_moe_packed_tensors  # the oracle
 
 from conftest import save_tiny_gpt_oss
 from model import CheckpointError, load_pretrained
 from model.mxfp4 import dequantize_expert_weight, dequantize_mxfp4
-
-transformers = pytest.importorskip("transformers")
-from transformers.integrations.mxfp4 import convert_moe_packed_tensors  # noqa: E402
 
 INT_VIEW = {torch.bfloat16: torch.int16, torch.float16: torch.int16, torch.float32: torch.int32}
 QUANTIZATION_CONFIG = {"quant_method": "mxfp4", "modules_to_not_convert": [  # as in gpt-oss-20b's config.json

@@ -6,11 +6,11 @@ import math
 
 import pytest
 import torch
+import transformers  # the oracle
 
 from generation.scoring import MASKED_LOG_PROB, continuation_log_probs, score_continuations
 from model import load_pretrained
 
-transformers = pytest.importorskip("transformers")
 
 PROMPT = [7, 8, 9, 10, 11]
 CHOICES = [[12, 13, 14], [40], [50, 51]]

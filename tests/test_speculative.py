@@ -144,6 +144,7 @@ def test_acceptance_rule_reproduces_the_target_distribution():
     assert chi2 < CHI2_CRIT_P001[2], (counts, chi2)
 
 
+@pytest.mark.slow  # 400 seeded runs (about a minute on 2 cores)
 def test_sampled_tokens_follow_the_targets_processed_distribution(pair):
     """Joint law of the first two tokens over 400 seeded runs vs the exact law from the transformers model:
     temperature 0.7 then top-k 4, computed with plain torch (16 outcomes, 15 degrees of freedom)."""

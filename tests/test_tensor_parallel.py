@@ -26,6 +26,8 @@ from model import load_pretrained
 from tensor_parallel_worker import DECODING, MASK, PROMPTS, decode_all
 from test_mxfp4 import save_mxfp4_checkpoint
 
+pytestmark = pytest.mark.slow  # every test starts two gloo processes with torchrun (about 10 s a launch)
+
 ROOT = Path(__file__).resolve().parents[1]
 WORKER = ROOT / "tests" / "tensor_parallel_worker.py"
 SCRIPT = ROOT / "scripts" / "generate.py"

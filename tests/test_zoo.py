@@ -21,6 +21,8 @@ from safetensors.torch import load_file
 from model import zoo
 from model.zoo import dequantize, folder, package
 
+pytestmark = pytest.mark.slow  # reads the real GGUF file and builds the real model folder
+
 MODEL = zoo.get_model(zoo.DEFAULT_MODEL)
 TEXTS = [
     "Hello world",

@@ -57,22 +57,40 @@ class DynamicLayer:
 
 
 class DynamicCache:
-    """One `DynamicLayer` per decoder block (or any layer objects with the same methods)."""
+    """One cache layer per decoder block, indexed by `layer_idx` as in transformers.
 
-    def __init__(self, num_layers: int | None = None, layers: list | None = None) -> None:
-        if (num_layers is None) == (layers is None):
-            raise ValueError("DynamicCache needs exactly one of num_layers or layers")
-        self.layers = list(layers) if layers is not None else [DynamicLayer() for _ in range(num_layers)]
+    `DynamicCache()` starts empty and adds a `DynamicLayer` the first time a block's index appears, so the
+    cache needs no layer count. `DynamicCache(layers=[...])` fixes the layers instead (sliding-window or
+    preallocated ones, see `cache_for_config`); an index past them is an error, never a silent new layer.
+    """
+
+    def __init__(self, layers: list | None = None) -> None:
+        if isinstance(layers, int):
+            raise TypeError("DynamicCache takes no layer count: DynamicCache() adds a layer as each layer_idx "
+                            "appears; pass layers=[...] to fix the layers")
+        self.grows = layers is None
+        self.layers = [] if layers is None else list(layers)
 
     def __len__(self) -> int:
         return len(self.layers)
 
-    def update(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.layers[layer_idx].update(keys, values)
+    def update(self, key_states: torch.Tensor, value_states: torch.Tensor, layer_idx: int,
+               cache_kwargs: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append block `layer_idx`'s (B, n_kv, T, d) keys/values; return all of them, (B, n_kv, S + T, d).
 
-    def get_seq_length(self) -> int:
-        """Positions seen so far (the first layer's count: every layer sees every token)."""
-        return self.layers[0].get_seq_length()
+        The argument order is transformers' `Cache.update`. `cache_kwargs` is accepted for that signature and
+        unused: keys are cached after RoPE, and each layer writes at its own next position.
+        """
+        if layer_idx >= len(self.layers):
+            if not self.grows:
+                raise IndexError(f"layer_idx {layer_idx} is past this cache's {len(self.layers)} layers; "
+                                 f"build the cache for the model (cache_for_config) or use DynamicCache()")
+            self.layers.extend(DynamicLayer() for _ in range(layer_idx + 1 - len(self.layers)))
+        return self.layers[layer_idx].update(key_states, value_states)
+
+    def get_seq_length(self, layer_idx: int = 0) -> int:
+        """Positions seen so far by block `layer_idx` (0 before it has run); every block sees every token."""
+        return self.layers[layer_idx].get_seq_length() if layer_idx < len(self.layers) else 0
 
     def crop(self, length: int) -> None:
         if length < 0:

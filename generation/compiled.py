@@ -50,7 +50,7 @@ class SlotCache:
         self.slot_index = torch.arange(num_slots, device=device)  # (S,)
         self.slots = self.slot_index[:1]  # (T,) set by decode_step before the blocks run
 
-    def update(self, layer_idx: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
         """Write (B, n_kv, T, d) at `slots`; return every slot (B, n_kv, S, d): the mask hides the unwritten."""
         self.keys[layer_idx].index_copy_(2, self.slots, keys.to(self.keys[layer_idx].dtype))
         self.values[layer_idx].index_copy_(2, self.slots, values.to(self.values[layer_idx].dtype))

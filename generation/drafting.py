@@ -47,7 +47,7 @@ class ModelDrafter:
 
     def __init__(self, draft_model) -> None:
         self.model = draft_model
-        self.cache = DynamicCache(draft_model.config.num_hidden_layers)
+        self.cache = DynamicCache()
         self.forward_passes = 0
 
     def next_logits(self, sequence: torch.Tensor) -> torch.Tensor:

@@ -158,9 +158,9 @@ def run_routing(small, large, input_ids: torch.Tensor, attention_mask: torch.Ten
     opts, steps, stop, generator = prepare_one_prompt(small, others, input_ids, attention_mask, options)
     if large is not None and share is not None:
         threshold = calibrate_share(small, input_ids, routing_metric, share, logu_top_k, calibration_ids, options)
-    caches = {SMALL: DynamicCache(small.config.num_hidden_layers)}
+    caches = {SMALL: DynamicCache()}
     if large is not None:
-        caches[LARGE] = DynamicCache(large.config.num_hidden_layers)
+        caches[LARGE] = DynamicCache()
     select = select_sample if opts.sampling else select_greedy
     stats, records = HybridStats(routing_metric, threshold if large is not None else math.inf, share), []
     sequence, reason, start = input_ids, RUNNING, time.perf_counter()

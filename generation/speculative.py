@@ -166,7 +166,7 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, attention_mask:
     self_speculative = isinstance(draft, int)
     others = {} if self_speculative else {"draft": draft}
     opts, steps, stop, generator = prepare_one_prompt(target, others, input_ids, attention_mask, options)
-    cache = DynamicCache(target.config.num_hidden_layers)
+    cache = DynamicCache()
     drafter = EarlyExitDrafter(target, draft, cache) if self_speculative else ModelDrafter(draft)
     select = select_sample if opts.sampling else select_greedy
     stats, prompt_length, gamma = SpeculativeStats(), input_ids.shape[1], num_draft_tokens

@@ -169,9 +169,9 @@ class CausalLM(nn.Module):
         are the last S_kept + T positions; any other cache layer holds them all. The window is counted in
         slots, padding included, as in transformers.
         """
-        kept = 0
-        if cache is not None:
-            layer = cache.layers[self.config.layer_types.index("sliding_attention")]
+        kept, first_sliding = 0, self.config.layer_types.index("sliding_attention")
+        if cache is not None and first_sliding < len(cache.layers):  # DynamicCache() adds layers as they run
+            layer = cache.layers[first_sliding]
             kept = layer.get_kept_length() if isinstance(layer, SlidingWindowLayer) else layer.get_seq_length()
         key_length = kept + new_length
         if attention_mask is not None:

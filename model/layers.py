@@ -129,7 +129,7 @@ class Attention(nn.Module):
         v = qkv[:, n_heads + n_kv:]  # (B, n_kv, T, d)
         if cache is not None:
             # Keys are cached after RoPE, so cached positions never need rotating again.
-            k, v = cache.update(self.layer_idx, k, v)  # (B, n_kv, S, d)
+            k, v = cache.update(k, v, self.layer_idx)  # (B, n_kv, S, d)
         if k.dtype != q.dtype:  # a cache that keeps keys/values in float32 for a half-precision model
             q = q.to(k.dtype)
         out = ATTENTION_FUNCTIONS[self.attn_implementation](q, k, v, mask, self.scale, self.sinks)

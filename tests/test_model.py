@@ -66,7 +66,7 @@ def test_token_by_token_with_cache_equals_full_forward(tmp_path, name):
     ids, mask = left_padded_batch(model.config.vocab_size, torch.Generator().manual_seed(2))
     with torch.no_grad():
         full = model(ids, attention_mask=mask).logits
-        cache = DynamicCache(model.config.num_hidden_layers)
+        cache = DynamicCache()
         prefill = model(ids[:, :5], attention_mask=mask[:, :5], cache=cache).logits  # a 5-token prefill
         steps = [model(ids[:, t:t + 1], attention_mask=mask[:, :t + 1], cache=cache).logits for t in range(5, 11)]
     incremental = torch.cat([prefill, *steps], dim=1)

@@ -161,7 +161,7 @@ def test_default_model_int8_logits_stay_within_the_stated_tolerance_of_float32(d
     ids = torch.tensor([default_tokenizer.encode(chat)])
     reference = load_pretrained(default_model_path)
     model = quantize_int8(load_pretrained(default_model_path, dtype=torch.bfloat16))
-    cache, chunks = DynamicCache(model.config.num_hidden_layers), []
+    cache, chunks = DynamicCache(), []
     with torch.no_grad():
         expected = reference(ids).logits[0]
         for chunk in ids.split(16, dim=1):

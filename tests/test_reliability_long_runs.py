@@ -49,15 +49,15 @@ def test_4096_new_tokens_grow_the_cache_exactly_as_the_formula_says(monkeypatch)
     seen: list[tuple[int, int, int]] = []  # (positions cached, nbytes(), storage bytes) after each step
 
     class MeasuredCache(DynamicCache):  # the cache generate() builds, measured once per step
-        def update(self, layer_idx, keys, values):
-            result = super().update(layer_idx, keys, values)
-            if layer_idx == len(self) - 1:
+        def update(self, keys, values, layer_idx):
+            result = super().update(keys, values, layer_idx)
+            if layer_idx == model.config.num_hidden_layers - 1:
                 seen.append((self.get_seq_length(), self.nbytes(), held_bytes(self)))
             return result
 
     # generate() preallocates a StaticCache for the run; this test measures the growing DynamicCache instead.
     monkeypatch.setattr(generation.loop, "cache_for_config",
-                        lambda config, max_length=None: MeasuredCache(config.num_hidden_layers))
+                        lambda config, max_length=None: MeasuredCache())
     prompt = torch.randint(3, VOCAB, (1, 8), generator=torch.Generator().manual_seed(1))
     out = generate(model, prompt, max_new_tokens=4096, eos_token_id=[])
     assert out.new_tokens.shape == (1, 4096) and out.stop_reasons == ["max_new_tokens"]

@@ -151,7 +151,7 @@ def stored(layer) -> tuple[torch.Tensor, torch.Tensor]:
 
 def build_cache(kind: str, window: int):
     if kind == "dynamic":
-        return DynamicCache(LAYERS), [ReferenceLayer(None) for _ in range(LAYERS)]
+        return DynamicCache(), [ReferenceLayer(None) for _ in range(LAYERS)]
     if kind == "static":
         return StaticCache(LAYERS, max_length=STATIC_LENGTH), [ReferenceLayer(None) for _ in range(LAYERS)]
     layers = [SlidingWindowLayer(window), DynamicLayer()]  # GPT-OSS alternates sliding and full layers
@@ -172,11 +172,11 @@ def test_cache_operations_keep_what_plain_tensors_keep(kind, window, operations,
             new = data.draw(st.integers(1, 5), label="new positions")
             if kind == "static" and reference[0].seen + new > STATIC_LENGTH:
                 with pytest.raises(ValueError, match="StaticCache is full"):
-                    cache.update(0, *torch.zeros(2, batch, HEADS, new, DIM))
+                    cache.update(*torch.zeros(2, batch, HEADS, new, DIM), 0)
                 continue
             for layer_idx, ref in enumerate(reference):
                 keys, values = torch.randn(2, batch, HEADS, new, DIM, generator=generator)
-                got, expected = cache.update(layer_idx, keys, values), ref.update(keys, values)
+                got, expected = cache.update(keys, values, layer_idx), ref.update(keys, values)
                 assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
         elif operation == "crop":
             length = data.draw(st.integers(-1, reference[0].seen + 2), label="crop length")

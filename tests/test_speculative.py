@@ -53,7 +53,7 @@ def pair(tmp_path_factory):
 def assert_cache_matches_forward(model, cache: DynamicCache, sequence: torch.Tensor) -> None:
     """Every layer of `cache` holds exactly the keys/values a fresh forward over sequence[:, :length] gives."""
     length = cache.layers[0].get_seq_length()
-    fresh = DynamicCache(model.config.num_hidden_layers)
+    fresh = DynamicCache()
     with torch.no_grad():
         model(sequence[:, :length], cache=fresh)
     for layer, expected in zip(cache.layers, fresh.layers):

@@ -68,7 +68,7 @@ def test_decoder_block_forward_passes_the_cache(impl, gen):
     causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
     with torch.no_grad():
         expected = theirs(x, attention_mask=_additive(causal), position_embeddings=(cos, sin))
-        cache = DynamicCache(1)
+        cache = DynamicCache()
         first = impl.decoder_block_forward(ours, x[:, :3], cos[:, :3], sin[:, :3], causal[..., :3, :3], cache)
         second = impl.decoder_block_forward(ours, x[:, 3:], cos[:, 3:], sin[:, 3:], causal[..., 3:, :], cache)
     check_close(torch.cat([first, second], dim=1), expected,

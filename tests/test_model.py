@@ -132,11 +132,11 @@ def test_hidden_states_run_only_the_blocks_asked_for(tmp_path):
     save_tiny_llama(tmp_path, num_hidden_layers=3)
     model = load_pretrained(tmp_path)
     ids = torch.randint(3, 97, (1, 5), generator=torch.Generator().manual_seed(6))
-    cache = DynamicCache(3)
+    cache = DynamicCache()
     with torch.no_grad():
         (x,) = model.hidden_states(ids, cache=cache, layers=[2], keep_last=2)
     assert x.shape == (1, 2, 32)
-    assert [layer.get_seq_length() for layer in cache.layers] == [5, 5, 0]
+    assert [layer.get_seq_length() for layer in cache.layers] == [5, 5] and cache.get_seq_length(2) == 0
     for bad in ([4], [-1], []):
         with pytest.raises(ValueError, match="layers must be numbers in"):
             model.hidden_states(ids, layers=bad)

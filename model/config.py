@@ -227,9 +227,18 @@ class ModelConfig:
             raise ConfigError(f"no config.json at {path}: point to a Hugging Face style model folder")
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
+        except PermissionError:
+            raise ConfigError(f"{path} cannot be read (permission denied): fix its permissions") from None
         except json.JSONDecodeError as err:
             raise ConfigError(f"{path} is not valid JSON: {err}") from None
-        return cls.from_dict(data)
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path} is not UTF-8 text (byte {err.start}): it is not a config.json") from None
+        except RecursionError:
+            raise ConfigError(f"{path} is nested too deeply to be a config.json") from None
+        try:
+            return cls.from_dict(data)
+        except ConfigError as err:
+            raise ConfigError(f"{path}: {err}") from None
 
     def to_dict(self) -> dict[str, Any]:
         data = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "extra"}

@@ -25,6 +25,8 @@ import torch
 from safetensors import safe_open
 
 from .causal_lm import CausalLM
+from .checks import (CheckpointError, check_config_against_header, check_index_matches_shards, check_memory,
+                     check_readable, shard_path)
 from .config import ModelConfig
 from .linear import arrange_weights, check_weight_layout, matrix_names, prefers_column_major, relayout
 from .mxfp4 import check_mxfp4_pair, dense_shape, dequantize_expert_weight
@@ -32,10 +34,6 @@ from .mxfp4 import check_mxfp4_pair, dense_shape, dequantize_expert_weight
 SINGLE_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
 MXFP4_SUFFIXES = ("_blocks", "_scales")
-
-
-class CheckpointError(ValueError):
-    """The checkpoint folder is missing files, or its tensors do not fit the config."""
 
 
 def hf_to_local_name(name: str) -> str:
@@ -48,8 +46,8 @@ def checkpoint_files(folder: Path) -> dict[str, Path]:
     if (folder / INDEX_FILE).is_file():
         try:
             weight_map = json.loads((folder / INDEX_FILE).read_text())["weight_map"]
-            files = {name: folder / shard for name, shard in weight_map.items()}  # tensor name -> shard file
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
+            files = {name: shard_path(folder, shard, INDEX_FILE) for name, shard in weight_map.items()}
+        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, KeyError, TypeError, AttributeError) as err:
             raise CheckpointError(f"{folder / INDEX_FILE} is not a valid safetensors index ({err!r})") from None
         for shard in sorted(set(files.values())):
             if not shard.is_file():
@@ -62,6 +60,7 @@ def checkpoint_files(folder: Path) -> dict[str, Path]:
 
 
 def _open(path: Path):
+    check_readable(path)
     try:
         return safe_open(str(path), framework="pt")
     except Exception as err:  # safetensors raises its own error type for a bad header or short file
@@ -72,14 +71,17 @@ def _open(path: Path):
 def read_headers(files: dict[str, Path]) -> dict[str, tuple[tuple[int, ...], str]]:
     """Tensor name -> (shape, dtype name) from the headers alone."""
     headers: dict[str, tuple[tuple[int, ...], str]] = {}
+    keys_by_file: dict[Path, set[str]] = {}
     for path in sorted(set(files.values())):
         handle = _open(path)
+        keys_by_file[path] = set(handle.keys())
         for name in handle.keys():
             piece = handle.get_slice(name)
             headers[name] = (tuple(piece.get_shape()), piece.get_dtype())
     missing_from_shards = set(files) - set(headers)
     if missing_from_shards:
         raise CheckpointError(f"the index lists tensors that no shard contains: {sorted(missing_from_shards)[:5]}")
+    check_index_matches_shards(files, keys_by_file)
     return headers
 
 
@@ -182,17 +184,20 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     check_weight_layout(weight_layout)
     folder = Path(path)
     if not folder.is_dir():
-        raise CheckpointError(f"model folder {folder} does not exist")
+        what = "is a file, not a folder" if folder.is_file() else "does not exist"
+        raise CheckpointError(f"model folder {folder} {what}: give the folder that holds config.json")
     config = ModelConfig.from_json(folder)
     check_quantization(config)
     files = checkpoint_files(folder)
     headers = merge_mxfp4_headers({name_map(name): info for name, info in read_headers(files).items()})
+    check_config_against_header(config, headers)  # before anything sized by the config is built
     with torch.device("meta"):
         with skip_parameter_init():
             model = CausalLM(config, attn_implementation)
     expected = {name: tuple(t.shape) for name, t in model.state_dict().items()}
     check_tensors(expected, headers, config.tie_word_embeddings)
     check_dtypes(headers, dtype)
+    check_memory(headers, dtype, device)  # before the weights are read or converted
 
     column_major = {name for name, is_head in matrix_names(model).items() if name in headers and
                     prefers_column_major(weight_layout, dtype or DTYPES[headers[name][1]], device, is_head)}

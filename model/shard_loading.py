@@ -26,6 +26,7 @@ from torch.distributed.tensor.parallel import parallelize_module
 
 from .causal_lm import CausalLM
 from .config import ModelConfig
+from .checks import check_config_against_header
 from .loading import (DTYPES, CheckpointError, check_dtypes, check_quantization, check_tensors, checkpoint_files,
                       hf_to_local_name, merge_mxfp4_headers, read_headers, skip_parameter_init)
 from .mxfp4 import dequantize_expert_weight
@@ -67,6 +68,7 @@ def _load_local_part(folder: Path, mesh: DeviceMesh, dtype, device, attn_impleme
     files = checkpoint_files(folder)
     stored_names = {name_map(name): name for name in files}  # ours -> as stored
     headers = merge_mxfp4_headers({name_map(name): info for name, info in read_headers(files).items()})
+    check_config_against_header(config, headers)  # before anything sized by the config is built
     with torch.device("meta"), skip_parameter_init():
         model = CausalLM(config, attn_implementation)
     check_tensors({name: tuple(t.shape) for name, t in model.state_dict().items()}, headers,

@@ -267,7 +267,8 @@ def check_options(options: dict) -> None:
 
 def check_folder(flag: str, path: Path | None) -> None:
     if path is not None and not path.is_dir():
-        raise UsageError(f"{flag} folder {path} does not exist: give a Hugging Face style folder (config.json, "
+        what = "is a file, not a folder" if path.is_file() else "does not exist"
+        raise UsageError(f"{flag} folder {path} {what}: give a Hugging Face style folder (config.json, "
                          "*.safetensors, tokenizer files)" + (" or leave out --model for the default model"
                                                               if flag == "--model" else ""))
 

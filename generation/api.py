@@ -10,6 +10,7 @@ from typing import Any, Iterator
 
 import torch
 
+from cache.budget import check_rows_fit
 from .beam import beam_search
 from .layer_selection import LayerSelectionOptions, finish_layer_selection_records
 from .loop import GenerateOutput, decode_loop, reason_names
@@ -25,6 +26,10 @@ def _prepare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     check_option_names(options)
     opts = GenerationOptions(**options)
     check_inputs(opts, model, input_ids, attention_mask)
+    copies = max(opts.num_beams, opts.num_return_sequences)  # rows per prompt
+    check_rows_fit(model.config, input_ids.shape[0] * copies, input_ids.shape[1], model.dtype, model.device,
+                   f"batch {input_ids.shape[0]} x num_beams {opts.num_beams}" if opts.num_beams > 1 else
+                   f"batch {input_ids.shape[0]} x num_return_sequences {opts.num_return_sequences}")
     eos = opts.eos_token_ids(model.config)
     steps = build_logits_steps(opts, num_eos=len(eos))
     stop = StopConditions(torch.tensor(eos, dtype=torch.long, device=input_ids.device), input_ids.shape[1],

@@ -55,7 +55,8 @@ def gather_beams(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
 def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, steps: list[LogitsStep],
                 stop: StopConditions, *, num_beams: int, length_penalty: float, early_stopping: bool | str,
                 num_return_sequences: int, do_sample: bool, pad_token_id: int, generator: torch.Generator | None,
-                output_scores: bool, records: dict[str, list], compile: bool = False) -> GenerateOutput:
+                output_scores: bool, records: dict[str, list], compile: bool = False,
+                output_logits: bool = False) -> GenerateOutput:
     """Beam search over a batch of left-padded prompts (B, T); returns num_return_sequences rows per prompt.
     compile=True runs the one-token step of all B * num_beams rows compiled (generation/compiled.py)."""
     B, T = input_ids.shape
@@ -66,7 +67,7 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
 
     running, running_scores, finished = initial_beams(input_ids, K, L, pad_token_id)
     can_improve = torch.ones((B, 1), dtype=torch.bool, device=input_ids.device)
-    all_scores = []
+    all_scores, all_logits = [], []
     for step in range(stop.max_new_tokens):
         length = T + step  # tokens in each running beam before this step
         flat = running[:, :, :length].reshape(B * K, length)
@@ -74,6 +75,8 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         log_probs = apply_logits_steps(steps, torch.log_softmax(logits, dim=-1), ctx)  # (B*K, V)
         if output_scores:
             all_scores.append(log_probs)
+        if output_logits:  # (B*K, V) the running beams' raw logits, as transformers keeps them
+            all_logits.append(logits)
         totals = (log_probs.view(B, K, -1) + running_scores[..., None]).view(B, -1)  # (B, K*V)
         stuck = (totals.max(dim=-1).values <= NEVER / 2) & can_improve[:, 0]  # (B,) no live beam can continue
         if stuck.any():
@@ -94,7 +97,9 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         if not can_improve.any() or all_full or ends.all():
             break
         logits, hidden_states = beams.decode(running[:, :, length].reshape(B * K, 1))
-    return beam_output(finished, T, num_return_sequences, tuple(all_scores) if output_scores else None, records)
+    out = beam_output(finished, T, num_return_sequences, tuple(all_scores) if output_scores else None, records)
+    out.logits = tuple(all_logits) if output_logits else None
+    return out
 
 
 class EagerBeams:

@@ -8,7 +8,8 @@ of each layer's processed distribution decides which layer's scores the sampler 
 
 - `entropy_decoding="trough"`: start at the last layer N and walk down while the entropy keeps falling
   (strictly); the layer where it stops is the trough.
-- `"random_after"`: a layer drawn uniformly from [trough, N], from the explicit torch.Generator.
+- `"random_after"`: a layer drawn uniformly from [trough, N], from ctx.generator (generate() gives torch's
+  global one when none is passed, so torch.manual_seed makes the draws reproducible).
 - The seed's consistency option scores a layer by S_j = -H_j + alpha * cos(h_j, h_N): the walk then goes
   down while S keeps rising (equivalently, while the cost H_j - alpha * cos(h_j, h_N) keeps falling).
 

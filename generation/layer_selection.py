@@ -63,7 +63,7 @@ class LayerSelectionOptions:
             options["dola_layers"] = resolve_dola_layers(options["dola_layers"])
         return cls(**{f.name: options.pop(f.name) for f in fields(cls) if f.name in options})
 
-    def place_steps(self, steps: list, config, num_beams: int, generator: torch.Generator | None) -> list:
+    def place_steps(self, steps: list, config, num_beams: int) -> list:
         """The loop's step list with the DoLa or entropy step put in place (checked against the config)."""
         if self.dola_layers is not None:
             dola = DoLa.for_model(config, self.dola_layers, self.dola_variant, self.dola_alpha)
@@ -79,9 +79,6 @@ class LayerSelectionOptions:
         if self.entropy_decoding is not None:
             if config.num_hidden_layers < 2:
                 raise ValueError("entropy_decoding chooses among the layers, and this model has only one")
-            if self.entropy_decoding == "random_after" and generator is None:
-                raise ValueError("entropy_decoding='random_after' draws a layer at every step: pass "
-                                 "generator=torch.Generator().manual_seed(...) so the draws are reproducible")
             return [EntropyLayerChoice(tuple(steps), self.entropy_decoding, self.entropy_normalize,
                                        self.entropy_consistency_alpha, self.entropy_record_tokens,
                                        log_prob_inputs=num_beams > 1, num_hidden_layers=config.num_hidden_layers)]

@@ -94,6 +94,7 @@ class DecodeStep:
     tokens: torch.Tensor  # (B,) the chosen tokens (pad for rows that had already finished)
     scores: torch.Tensor  # (B, V) the processed scores they were chosen from
     reasons: torch.Tensor  # (B,) stop reason codes so far (0 = still running), see stopping.py
+    logits: torch.Tensor  # (B, V) float32, the model's last-position logits before any step
 
 
 @dataclass
@@ -104,6 +105,15 @@ class GenerateOutput:
     scores: tuple[torch.Tensor, ...] | None = None  # per step (N, V) processed scores, with output_scores=True
     sequences_scores: torch.Tensor | None = None  # (N,) beam search: length-penalised sum of log-probs
     records: dict[str, list] = field(default_factory=dict)  # what steps stored with ctx.record(name, value)
+    logits: tuple[torch.Tensor, ...] | None = None  # per step (N, V) raw float32 logits, with output_logits=True
+
+    def __getattr__(self, name: str) -> tuple[torch.Tensor, ...]:
+        """A record as an attribute, one entry per step, as seed 000 reads them: out.entropy_selected_layer_indices."""
+        records = self.__dict__.get("records", {})
+        if name in records:
+            return tuple(records[name])
+        raise AttributeError(f"GenerateOutput has no attribute or record {name!r}; records of this run: "
+                             f"{sorted(records) or 'none'}")
 
     @property
     def new_tokens(self) -> torch.Tensor:
@@ -144,7 +154,7 @@ def decode_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
             tokens = tokens.masked_fill(finished, pad_token_id)  # a finished row only grows padding
         sequences = torch.cat([sequences, tokens[:, None]], dim=-1)
         reasons = torch.where(finished, reasons, stop(sequences))
-        yield DecodeStep(tokens, scores, reasons)
+        yield DecodeStep(tokens, scores, reasons, logits)
         if (reasons > 0).all():
             return
         attention_mask = extend_mask(attention_mask)

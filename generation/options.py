@@ -52,6 +52,7 @@ class GenerationOptions:
     stop_strings: str | list[str] | None = None  # matched on tokenizer.decode(generated tokens)
     tokenizer: Any = None  # anything with .decode(list_of_ids) -> str
     output_scores: bool = False
+    output_logits: bool = False  # keep each step's raw logits (transformers' output_logits)
     generator: torch.Generator | None = None  # sampling draws only from it; None: a freshly seeded one
     logits_steps: Sequence[LogitsStep] = ()  # your own steps, run after the penalties, before the warpers
     compile: bool = False  # run the one-token step through torch.compile (generation/compiled.py)
@@ -125,8 +126,9 @@ class GenerationOptions:
         if not isinstance(self.logits_steps, (list, tuple)) or not all(callable(step) for step in self.logits_steps):
             raise ValueError("logits_steps must be a list of callables step(scores, ctx) -> scores, "
                              f"got {self.logits_steps!r}")
-        if not isinstance(self.output_scores, bool):
-            raise ValueError(f"output_scores must be True or False, got {self.output_scores!r}")
+        for name in ("output_scores", "output_logits"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
         if not isinstance(self.compile, bool):
             raise ValueError(f"compile must be True or False, got {self.compile!r}")
         self._check_token_id_types()
@@ -169,6 +171,9 @@ def check_option_names(options: dict[str, Any]) -> None:
         if name == "max_length":
             raise TypeError("unknown generation option 'max_length': transformers' max_length counts the prompt "
                             "too; here give the new tokens only, max_new_tokens=...")
+        if name == "return_dict_in_generate":
+            raise TypeError("generate(model, ...) always returns the whole GenerateOutput; return_dict_in_generate "
+                            "is model.generate's (transformers' calling convention, generation/model_generate.py)")
         if name not in known:
             close = difflib.get_close_matches(name, known, n=1)
             hint = f"did you mean {close[0]!r}? " if close else ""

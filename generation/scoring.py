@@ -52,7 +52,7 @@ def continuation_log_probs(model, prompt_ids: Sequence[int], continuations: Sequ
     """
     methods = {"plain": {}} if methods is None else methods
     builders = {name: LayerSelectionOptions(**options) for name, options in methods.items()}  # checked first
-    steps = {name: b.place_steps([], model.config, 1, generator) for name, b in builders.items()}
+    steps = {name: b.place_steps([], model.config, 1) for name, b in builders.items()}
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     ids, mask = left_padded_choices(prompt_ids, continuations, pad)
     ids, mask = ids.to(model.device), mask.to(model.device)

@@ -178,6 +178,15 @@ class CausalLM(nn.Module):
             attention_mask = attention_mask[:, -key_length:]  # the full mask already checked its width
         return build_attention_mask(attention_mask, new_length, key_length, self.device, self.config.sliding_window)
 
+    def generate(self, inputs: torch.Tensor | None = None, **kwargs):
+        """transformers' `model.generate(**tokenizer(texts, return_tensors="pt"), max_new_tokens=..., ...)`.
+
+        The decoding lives in generation/ (generation/model_generate.py); it is imported here, at the call, so the
+        model itself never depends on it.
+        """
+        from generation.model_generate import generate_like_transformers
+        return generate_like_transformers(self, inputs, **kwargs)
+
     def num_parameters(self) -> int:
         """Distinct parameters (a tied head is counted once)."""
         return sum(p.numel() for p in self.parameters())

@@ -296,7 +296,6 @@ def test_entropy_composes_with_sampling_and_beams(tied6):
     (dict(dola_layers="high", dola_alpha=2.0), "alpha must lie"),
     (dict(dola_layers="high", dola_variant="hf"), "dola_variant must be one of"),
     (dict(dola_layers="high", dola_variant="transformers", num_beams=2), "no DoLa beam search"),
-    (dict(entropy_decoding="random_after"), "pass generator="),
     (dict(entropy_decoding="lowest"), "entropy_decoding must be one of"),
 ])
 def test_bad_layer_selection_options_fail_before_any_forward(untied8, monkeypatch, options, message):

@@ -93,7 +93,6 @@ BAD_ARGUMENTS = [
     (dict(dola_layers="middle"), r"dola_layers must be 'low', 'high'"),
     (dict(dola_layers="high", entropy_decoding="trough"), r"use one of them"),
     (dict(entropy_decoding="lowest"), r"entropy_decoding must be one of"),
-    (dict(entropy_decoding="random_after"), r"pass generator=torch.Generator\(\)"),
 ]
 
 

@@ -34,10 +34,20 @@ class AddedToken:
 
 
 class BatchEncoding(NamedTuple):
-    """``input_ids`` (B, T) long and ``attention_mask`` (B, T) long, 1 = real token, 0 = left padding."""
+    """``input_ids`` (B, T) long and ``attention_mask`` (B, T) long, 1 = real token, 0 = left padding.
+
+    A tuple (``ids, mask = tokenizer(texts)``) that also reads like transformers' mapping, so
+    ``model.generate(**tokenizer(texts, return_tensors="pt"))`` passes both by name.
+    """
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor
+
+    def keys(self) -> tuple[str, ...]:
+        return self._fields
+
+    def __getitem__(self, key):  # a name ("input_ids") as in transformers, or a tuple index
+        return getattr(self, key) if isinstance(key, str) else tuple.__getitem__(self, key)
 
 
 def special_token_pattern(tokens: Iterable[AddedToken]) -> regex.Pattern | None:
@@ -141,7 +151,14 @@ class Tokenizer:
                 attention_mask[b, width - len(row) :] = 1
         return BatchEncoding(input_ids, attention_mask)
 
-    __call__ = batch_encode
+    def __call__(self, texts: str | Sequence[str], add_special_tokens: bool = True, return_tensors: str = "pt",
+                 padding: bool | str = True) -> BatchEncoding:
+        """`batch_encode` with transformers' call arguments: tensors ("pt") and padding (always on the left)."""
+        if return_tensors != "pt":
+            raise ValueError(f"this tokenizer returns torch tensors: use return_tensors='pt', got {return_tensors!r}")
+        if padding not in (True, "longest"):
+            raise ValueError(f"rows are always left-padded to the longest: use padding=True, got {padding!r}")
+        return self.batch_encode(texts, add_special_tokens)
 
     def _padding_id(self) -> int:
         """The pad id, else the EOS id (as generate() does); padded positions are masked out anyway."""

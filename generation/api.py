@@ -12,6 +12,7 @@ import torch
 
 from cache.budget import check_rows_fit
 from .beam import beam_search
+from .guards import check_length_penalty
 from .layer_selection import LayerSelectionOptions, finish_layer_selection_records
 from .loop import GenerateOutput, decode_loop, reason_names
 from .options import (GenerationOptions, build_logits_steps, check_compile_option, check_inputs,
@@ -30,6 +31,8 @@ def _prepare(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None
     check_rows_fit(model.config, input_ids.shape[0] * copies, input_ids.shape[1], model.dtype, model.device,
                    f"batch {input_ids.shape[0]} x num_beams {opts.num_beams}" if opts.num_beams > 1 else
                    f"batch {input_ids.shape[0]} x num_return_sequences {opts.num_return_sequences}")
+    if opts.num_beams > 1:
+        check_length_penalty(opts.length_penalty, opts.max_new_tokens)
     eos = opts.eos_token_ids(model.config)
     steps = build_logits_steps(opts, num_eos=len(eos))
     stop = StopConditions(torch.tensor(eos, dtype=torch.long, device=input_ids.device), input_ids.shape[1],

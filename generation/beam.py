@@ -28,6 +28,7 @@ import torch
 from cache import cache_for_config
 
 from .compiled import CompiledDecoder
+from .guards import check_logits
 from .loop import GenerateOutput, decode_one_token, extend_mask, no_token_left, prefill, reason_names
 from .steps import LogitsStep, StepContext, apply_logits_steps, needs_hidden_states
 from .stopping import StopConditions
@@ -73,6 +74,7 @@ def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         flat = running[:, :, :length].reshape(B * K, length)
         ctx = StepContext(flat, T, logits, hidden_states, model, generator, step, records)
         log_probs = apply_logits_steps(steps, torch.log_softmax(logits, dim=-1), ctx)  # (B*K, V)
+        check_logits(logits, log_probs, step)  # NaN / inf named, never chosen
         if output_scores:
             all_scores.append(log_probs)
         if output_logits:  # (B*K, V) the running beams' raw logits, as transformers keeps them

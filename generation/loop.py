@@ -16,6 +16,7 @@ import torch
 
 from cache import DynamicCache, cache_for_config
 from .compiled import CompiledDecoder
+from .guards import check_logits
 from .steps import LogitsStep, StepContext, apply_logits_steps, early_exit_request, needs_hidden_states
 from .stopping import STOP_REASONS, StopConditions
 
@@ -145,6 +146,7 @@ def decode_loop(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | N
         ctx = StepContext(sequences, prompt_length, logits, out.hidden_states, model, generator, step, records,
                           out.early_exit_logits)
         scores = apply_logits_steps(steps, logits, ctx)
+        check_logits(logits, scores, step)  # NaN / inf named, never chosen
         finished = reasons > 0
         stuck = ~finished & ~torch.isfinite(scores).any(dim=-1)  # (B,) running rows with nothing left
         if stuck.any():

@@ -191,8 +191,19 @@ class ProfileResult:
         if self.tokens:
             data["analysis"] = {m: self.analyze_distribution(m) for m in ("entropy", "aleatoric", "epistemic")}
             data["separation"] = self.separation()
-        Path(path).write_text(json.dumps(data, ensure_ascii=False, indent=1))
+        Path(path).write_text(json.dumps(finite_or_null(data), ensure_ascii=False, indent=1, allow_nan=False))
         return Path(path)
+
+
+def finite_or_null(value: Any) -> Any:
+    """JSON has no NaN or Infinity (Python writes them, other readers refuse them): such a number becomes null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(item) for item in value]
+    return value
 
 
 def disagreement(small, large, sequences: torch.Tensor, prompt_length: int) -> list[bool]:

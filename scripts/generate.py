@@ -299,6 +299,8 @@ def resolve_device(name: str):
         device = torch.device(name)
     except RuntimeError:
         raise UsageError(f"--device {name!r} is not a device name such as cpu, cuda or cuda:1") from None
+    if device.type == "meta":
+        raise UsageError("--device meta holds shapes but no numbers, so it cannot generate: use cpu or cuda")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise UsageError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
     return device
@@ -392,8 +394,12 @@ def stop_reason(new_ids: list[int], options: dict) -> str:
 def run_to_the_end(call, tokenizer, input_ids, options: dict) -> tuple[RunSummary, object]:
     """Run call() (generate, speculative, routing...), whose text is known only at the end, and print it."""
     start = time.perf_counter()
+    from generation.guards import NonFiniteLogitsError
+
     try:
         out = call()
+    except NonFiniteLogitsError:
+        raise  # broken weights (or an unusable temperature): found while generating, exit 1
     except ValueError as err:
         raise UsageError(as_flags(str(err))) from None
     except KeyboardInterrupt:
@@ -545,6 +551,9 @@ def run(args: argparse.Namespace) -> int:
     """Check everything cheap first, then load the weights and generate."""
     if not args.prompt.strip():
         raise UsageError("the prompt is empty: give some text with --prompt")
+    for flag, text in [("--prompt", args.prompt), ("--system", args.system),
+                       *(("--stop", text) for text in args.stop_strings or [])]:
+        check_utf8(flag, text)
     options = decoding_options(args)
     mode = choose_mode(args)
     check_folder("--model", args.model)
@@ -552,8 +561,9 @@ def run(args: argparse.Namespace) -> int:
     if args.threads is not None and args.threads < 1:
         raise UsageError(f"--threads must be >= 1, got {args.threads}")
     for flag, path in (("--plot", args.plot), ("--profile", args.profile)):
-        if path is not None and not path.parent.is_dir():
-            raise UsageError(f"{flag} {path}: the folder {path.parent} does not exist")
+        check_output_path(flag, path)
+    if args.seed is not None and not 0 <= args.seed < 2**64:
+        raise UsageError(f"--seed must be in 0 .. 2**64 - 1 = {2**64 - 1}, got {args.seed}")
     check_options(options)
     import torch
 
@@ -583,6 +593,31 @@ def run(args: argparse.Namespace) -> int:
     return 130 if summary.stop == "interrupted" else 0
 
 
+def check_output_path(flag: str, path: Path | None) -> None:
+    """--plot / --profile: a file we can write, checked before the model loads (not after generating)."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder: give a file name, e.g. {path / ('out' + (path.suffix or '.json'))}")
+    if not path.parent.is_dir():
+        raise UsageError(f"{flag} {path}: the folder {path.parent} does not exist")
+    if not os.access(path.parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise UsageError(f"{flag} {path} cannot be written (permission denied): choose another path")
+
+
+def check_utf8(flag: str, text: str | None) -> None:
+    """Text from the command line that was not valid UTF-8 reaches Python as lone surrogates: name the byte."""
+    if text is None:
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        byte = ord(text[err.start]) - 0xDC00 if 0xDC80 <= ord(text[err.start]) <= 0xDCFF else None
+        what = f"byte 0x{byte:02x}" if byte is not None else f"character U+{ord(text[err.start]):04X}"
+        raise UsageError(f"{flag} is not valid UTF-8 text ({what} at position {err.start}): "
+                         "give the text in UTF-8") from None
+
+
 def fail(message: str, code: int) -> int:
     print(f"error: {' '.join(message.split())}", file=sys.stderr)  # one line, whatever the message holds
     return code
@@ -590,6 +625,8 @@ def fail(message: str, code: int) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the command line; return the exit code (no traceback for bad input or Ctrl-C)."""
+    if sys.stdout is None:  # started with stdout closed (>&-): nowhere to write the text
+        return fail("stdout is closed: run with the output going to a terminal, a file or a pipe", 2)
     if hasattr(sys.stdout, "reconfigure"):
         sys.stdout.reconfigure(errors="replace")  # a terminal that cannot show a character gets "?"
     try:

@@ -92,3 +92,74 @@ def test_chat_template_errors_are_one_line(tiny, cli, capsys, tmp_path, template
     folder = copy_with(tiny, tmp_path, "template", edit_json("tokenizer_config.json", {"chat_template": template}))
     got, out, err = run_main(cli, capsys, "--model", str(folder), "--prompt", "hi", "--system", "Be brief.")
     assert (got, out) == (code, "") and err.count("\n") == 1 and message in err, err
+
+
+# ------------------------------------------------------------------ issue 21: every error one line, the right code
+
+@pytest.mark.parametrize("flags, message", [
+    (["--num-beams", "2", "--length-penalty", "400", "--max-new-tokens", "8"],
+     "--length-penalty 400 is too large for --max-new-tokens 8: length ** --length-penalty overflows; use a "
+     "--length-penalty between -337 and 337"),
+    (["--seed", str(2**70)], f"--seed must be in 0 .. 2**64 - 1 = {2**64 - 1}, got {2**70}"),
+    (["--seed", "-1"], f"--seed must be in 0 .. 2**64 - 1 = {2**64 - 1}, got -1"),
+    (["--device", "meta"], "--device meta holds shapes but no numbers"),
+    (["--prompt", "caf\udcff"], "--prompt is not valid UTF-8 text (byte 0xff at position 3)"),
+    (["--system", "\udcc3("], "--system is not valid UTF-8 text (byte 0xc3 at position 0)"),
+], ids=["length_penalty_400", "seed_2_70", "seed_minus_1", "device_meta", "prompt_not_utf8", "system_not_utf8"])
+def test_bad_values_are_one_line_with_exit_code_2(tiny, cli, capsys, flags, message):
+    code, out, err = run_main(cli, capsys, "--model", str(tiny[0]), "--prompt", "hi", *flags)
+    assert (code, out) == (2, "") and err.count("\n") == 1 and message in err, err
+
+
+def truncated_weights(folder):
+    path = folder / "model.safetensors"
+    path.write_bytes(path.read_bytes()[:1000])
+
+
+@pytest.mark.parametrize("flag", ["--profile", "--plot"])
+def test_output_paths_are_checked_before_loading(tiny, cli, capsys, tmp_path, flag):
+    broken = copy_with(tiny, tmp_path, "broken", truncated_weights)  # loading it would fail with exit code 1
+    extra = ["--self-speculative", "1"] if flag == "--profile" else ["--dola-layers", "high"]
+    for path, message in [(tmp_path, f"{flag} {tmp_path} is a folder: give a file name"),
+                          (tmp_path / "no" / "x.json", f"the folder {tmp_path / 'no'} does not exist")]:
+        code, out, err = run_main(cli, capsys, "--model", str(broken), "--prompt", "hi", flag, str(path),
+                                  *(extra if flag == "--plot" else []))
+        assert (code, out) == (2, "") and err.count("\n") == 1 and message in err, err
+
+
+def test_closed_stdout_and_invalid_utf8_argv_in_a_real_process(tiny):
+    import subprocess
+    import sys
+
+    from test_cli import SCRIPT
+
+    closed = subprocess.run(f'"{sys.executable}" "{SCRIPT}" --prompt hi >&-', shell=True, capture_output=False,
+                            stderr=subprocess.PIPE, text=True, timeout=120)
+    assert closed.returncode == 2 and closed.stderr == "error: stdout is closed: run with the output going to a " \
+                                                       "terminal, a file or a pipe\n", closed.stderr
+    raw = subprocess.run([sys.executable, str(SCRIPT), "--model", str(tiny[0]), "--prompt", b"caf\xff"],
+                         capture_output=True, text=True, timeout=120)
+    assert (raw.returncode, raw.stdout) == (2, "") and raw.stderr.count("\n") == 1, raw.stderr
+    assert "--prompt is not valid UTF-8 text (byte 0xff at position 3)" in raw.stderr
+
+
+def nan_in_the_final_norm(folder):
+    tensors = load_file(folder / "model.safetensors")
+    tensors["model.norm.weight"][3] = float("nan")
+    save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
+
+
+@pytest.mark.parametrize("flags", [[], ["--num-beams", "2"], ["--do-sample", "--seed", "0"]],
+                         ids=["greedy", "beams", "sampling"])
+def test_nan_weights_are_named_at_the_step_never_chosen(tiny, cli, capsys, tmp_path, flags):
+    folder = copy_with(tiny, tmp_path, "nan", nan_in_the_final_norm)
+    code, out, err = run_main(cli, capsys, "--model", str(folder), "--prompt", "hi", "--max-new-tokens", "3", *flags)
+    assert code == 1 and out.strip() == "" and err.count("\n") == 1, err
+    assert "error: the model produced NaN logits at step 1: the weights or the temperature are not usable" in err
+
+
+def test_a_temperature_that_overflows_is_named(tiny, cli, capsys):
+    code, out, err = run_main(cli, capsys, "--model", str(tiny[0]), "--prompt", "hi", "--do-sample",
+                              "--temperature", "1e-45", "--top-k", "0", "--seed", "0", "--max-new-tokens", "2")
+    assert code == 1 and err.count("\n") == 1, err
+    assert "the logits steps turned finite logits into infinite scores at step 1" in err, err

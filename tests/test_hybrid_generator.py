@@ -180,3 +180,102 @@ def test_int8_draft_equals_float32_greedy_on_the_default_model(default_generator
                                max_new_tokens=48, eos_token_id=[])
     assert torch.equal(out.sequences, expected.sequences)
     assert out.stats.acceptance_rate > 0.5
+
+
+@pytest.mark.slow
+def test_seed_003s_remaining_code_blocks_run_as_written(default_model_path, monkeypatch, tmp_path, capsys):
+    """The seed's constructor, advanced usage, custom strategy and profiling blocks, in its own words: the model ids
+    become the default model's folder, "cuda" the CPU, and max_new_tokens shorter to keep the suite short."""
+    monkeypatch.chdir(tmp_path)  # profile.png / profile.json land here
+    from generation.hybrid_generator import (  # in place of `from hybrid_generator import (...)`
+        HybridGenerator,
+        SpeculativeStrategy,
+        UncertaintyStrategy,
+    )
+
+    generator = HybridGenerator(
+        slm_model_id=default_model_path,
+        llm_model_id=default_model_path,
+        device="cpu",
+        dtype=torch.float16
+    )
+    result = generator.generate(
+        prompt="Creative writing task",
+        strategy="speculative",
+        temperature=0.8,    # 更高的随机性
+        top_k=40,           # 更大的候选池
+        top_p=0.9,          # 更宽松的 nucleus sampling
+        min_p=0.05,         # 过滤低概率 token
+        max_new_tokens=16,
+    )
+    assert generator.llm.dtype == torch.float16 and isinstance(result[0], str)
+    assert isinstance(generator.strategies["speculative"], SpeculativeStrategy)
+    assert isinstance(generator.strategies["uncertainty"], UncertaintyStrategy)
+
+    from generation.hybrid_generator import GenerationStrategy  # in place of hybrid_generator.strategies
+
+    class MyCustomStrategy(GenerationStrategy):
+        def generate(self, slm, llm, tokenizer, prompt,
+                     max_new_tokens, temperature, top_k,
+                     top_p, min_p, device, **kwargs):
+            # 实现你的策略
+            # 返回 (生成文本, 统计字典)
+            return prompt, {"strategy": "custom", "time": 0.0, "total_tokens": 0, "speed": 0.0, "decode_steps": 0,
+                            "slm_tokens": 0, "llm_tokens": 0}
+
+    # 注册到 HybridGenerator
+    generator.strategies['custom'] = MyCustomStrategy()
+    assert generator.generate("echo", strategy="custom")[0] == "echo"
+
+    profile = generator.generate_with_profile(
+        prompt="Explain quantum computing",
+        max_new_tokens=24,
+        threshold=0.5,
+        routing_metric="uncertainty"  # 或 "entropy"
+    )
+
+    # 打印详细摘要
+    profile.print_summary()
+
+    # 分析分布
+    analysis = profile.analyze_distribution("uncertainty", percentiles=[10, 20, 30])
+    print(f"Top 10% 的 token 不确定性 >= {analysis['percentiles']['top_10%']:.4f}")
+
+    # 获取最不确定的 tokens
+    high_uncertain = profile.get_high_uncertainty_tokens(10)
+    for token in high_uncertain:
+        print(f"位置 {token.position}: '{token.token_text}' "
+              f"(不确定性: {token.aleatoric_uncertainty:.4f})")
+
+    # 可视化分布 (需要 matplotlib)
+    profile.plot_distributions("profile.png")
+
+    # 导出数据
+    profile.save_to_file("profile.json")
+
+    analysis = profile.analyze_distribution("uncertainty")
+
+    print(f"平均不确定性: {analysis['mean']:.4f}")
+    print(f"标准差: {analysis['std']:.4f}")
+    print(f"范围: [{analysis['min']:.4f}, {analysis['max']:.4f}]")
+
+    print("\n分位数 (从最高值开始):")
+    print(f"  Top 10%: {analysis['percentiles']['top_10%']:.4f}")
+    print(f"  Top 20%: {analysis['percentiles']['top_20%']:.4f}")
+    print(f"  Top 30%: {analysis['percentiles']['top_30%']:.4f}")
+    print(f"  中位数: {analysis['median']:.4f}")
+
+    print(f"\nTop 10% tokens:")
+    print(f"  平均值: {analysis['top_10_percent']['mean']:.4f}")
+    print(f"  范围: [{analysis['top_10_percent']['min']:.4f}, "
+          f"{analysis['top_10_percent']['max']:.4f}]")
+
+    # What the blocks printed and wrote, checked against the profile's own tokens in plain Python.
+    out = capsys.readouterr().out
+    values = [t.aleatoric_uncertainty for t in profile.tokens]
+    assert len(high_uncertain) == min(10, len(values)) and values
+    assert [t.aleatoric_uncertainty for t in high_uncertain] == sorted(values, reverse=True)[:10]
+    assert f"平均不确定性: {sum(values) / len(values):.4f}" in out and f"位置 {high_uncertain[0].position}:" in out
+    assert (tmp_path / "profile.png").stat().st_size > 0
+    import json
+    assert len(json.loads((tmp_path / "profile.json").read_text())["tokens"]) == len(values)

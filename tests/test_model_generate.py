@@ -146,3 +146,4 @@ def test_seed_000_usage_example_runs_as_written(default_model_path):
     plain = model.generate(**inputs, max_new_tokens=16, entropy_decoding=None)
     hf = AutoModelForCausalLM.from_pretrained(default_model_path, torch_dtype=torch.float32).eval()
     assert torch.equal(plain, hf.generate(**inputs, max_new_tokens=16, do_sample=False))
+    assert torch.equal(generate(model, **inputs, max_new_tokens=16).sequences, plain)  # the function takes ** too

@@ -25,6 +25,7 @@ class DynamicLayer:
             # storage would otherwise stay alive as long as the cache.
             self.keys, self.values = keys.clone(), values.clone()
         else:
+            check_same_rows(self.keys, keys)
             self.keys = torch.cat([self.keys, keys], dim=-2)
             self.values = torch.cat([self.values, values], dim=-2)
         return self.keys, self.values
@@ -54,6 +55,14 @@ class DynamicLayer:
         if self.keys is None:
             return 0
         return self.keys.numel() * self.keys.element_size() + self.values.numel() * self.values.element_size()
+
+
+def check_same_rows(cached: torch.Tensor, new: torch.Tensor) -> None:
+    """New keys (B, n_kv, T, d) must match the cached ones in all but T: a cache belongs to one batch."""
+    if cached.shape[:2] + cached.shape[3:] != new.shape[:2] + new.shape[3:]:
+        raise ValueError(f"this cache holds keys of shape (batch, kv heads, -, head_dim) = "
+                         f"{tuple(cached.shape[:2]) + tuple(cached.shape[3:])}, the new ones are "
+                         f"{tuple(new.shape[:2]) + tuple(new.shape[3:])}: use a new cache for another batch")
 
 
 class DynamicCache:

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import torch
 
-from .dynamic import DynamicCache, DynamicLayer
+from .dynamic import DynamicCache, DynamicLayer, check_same_rows
 
 CHUNK = 256  # positions: the room added beyond the prompt at first, and the least a buffer grows by
 
@@ -37,10 +37,8 @@ class StaticLayer(DynamicLayer):
         if end > self.max_length:
             raise ValueError(f"StaticCache is full: {end} positions needed, {self.max_length} allocated; "
                              f"create it with a larger max_length")
-        if self.keys is not None and keys.shape[:2] + keys.shape[3:] != self.keys.shape[:2] + self.keys.shape[3:]:
-            raise ValueError(f"this cache holds keys of shape (batch, kv heads, -, head_dim) = "
-                             f"{tuple(self.keys.shape[:2]) + tuple(self.keys.shape[3:])}, the new ones are "
-                             f"{tuple(keys.shape[:2]) + tuple(keys.shape[3:])}: use a new cache for another batch")
+        if self.keys is not None:
+            check_same_rows(self.keys, keys)
         if self.keys is None or end > self.keys.shape[-2]:
             self.grow(keys, values, end)
         self.keys[:, :, self.length:end] = keys

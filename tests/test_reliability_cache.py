@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from cache import DynamicLayer, StaticCache, StaticLayer
+from cache import DynamicCache, DynamicLayer, StaticCache, StaticLayer
 from cache.static import CHUNK
 from test_cli import cli, run_main, tiny  # noqa: F401  (fixtures: the tiny chat model and the script's main)
 
@@ -50,8 +50,9 @@ def test_buffers_grow_with_the_answer_and_hold_what_concatenation_holds():
         small.update(*kv(1, 11, 2))
 
 
-def test_reusing_a_cache_for_another_batch_size_is_named():
-    cache = StaticCache(1, max_length=64)
+@pytest.mark.parametrize("make", [lambda: StaticCache(1, max_length=64), DynamicCache], ids=["static", "dynamic"])
+def test_reusing_a_cache_for_another_batch_size_is_named(make):
+    cache = make()
     cache.update(*kv(4, 5, 0), 0)
     with pytest.raises(ValueError, match=r"this cache holds keys of shape \(batch, kv heads, -, head_dim\) = "
                                          r"\(4, 2, 8\), the new ones are \(2, 2, 8\): use a new cache"):

@@ -191,3 +191,23 @@ def test_file_given_as_the_model_folder_on_the_command_line(tiny, capsys):
     out, err = capsys.readouterr()
     assert (code, out) == (2, "") and err.count("\n") == 1, err
     assert "--model folder" in err and "config.json is a file, not a folder" in err, err
+
+
+@pytest.mark.parametrize("name, text, message", [
+    ("tokenizer_config.json", b'{"eos_token": "caf\xe9"}', r"tokenizer_config.json is not UTF-8 text \(byte 18\)"),
+    ("tokenizer_config.json", b"[" * 100000 + b"]" * 100000, "tokenizer_config.json is nested too deeply"),
+    ("tokenizer.json", b"{" * 3 + b"\xff", r"tokenizer.json is not UTF-8 text \(byte 3\)"),
+    ("chat_template.jinja", b"{{ 'caf\xe9' }}", r"chat_template.jinja is not UTF-8 text \(byte 7\)"),
+])
+def test_tokenizer_files_that_are_not_text_name_the_file(tmp_path, name, text, message):
+    from test_cli import TOKENIZER_FILES, default_model_dir
+    from tokenizer import load_tokenizer
+
+    source = default_model_dir()
+    if source is None:
+        pytest.skip("needs the default model's tokenizer files")
+    for file in TOKENIZER_FILES:
+        shutil.copy(source / file, tmp_path)
+    (tmp_path / name).write_bytes(text)
+    with pytest.raises(ValueError, match=message):
+        load_tokenizer(tmp_path)

@@ -28,16 +28,30 @@ SPECIAL_TOKEN_NAMES = ("bos_token", "eos_token", "pad_token", "unk_token")
 def read_json(path: Path) -> Any:
     """Parse a JSON file; a broken file gets an error that names it and the place of the problem."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(read_text(path))
     except json.JSONDecodeError as error:
         raise ValueError(
             f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}). "
             "Re-download or re-export the tokenizer files."
         ) from None
+    except RecursionError:
+        raise ValueError(f"{path} is nested too deeply to be a tokenizer file. Re-download or re-export the "
+                         "tokenizer files.") from None
     if not isinstance(data, dict):  # every tokenizer file read here is one JSON object {...}
         raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object {{...}}: it is not a "
                          "tokenizer file. Re-download or re-export the tokenizer files.")
     return data
+
+
+def read_text(path: Path) -> str:
+    """A tokenizer file's text; a file we may not read or that is not UTF-8 gets an error naming it."""
+    try:
+        return path.read_text(encoding="utf-8")
+    except PermissionError:
+        raise ValueError(f"{path} cannot be read (permission denied): fix its permissions") from None
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}). Re-download or re-export the tokenizer "
+                         "files.") from None
 
 
 def _token_content(value: Any) -> str | None:
@@ -57,7 +71,7 @@ def read_tokenizer_config(folder: Path) -> dict[str, Any]:
     if isinstance(template, list):  # several named templates: [{"name": "default", "template": ...}, ...]
         template = {t["name"]: t["template"] for t in template}.get("default")
     if (folder / "chat_template.jinja").is_file():  # newer transformers save it on its own
-        template = (folder / "chat_template.jinja").read_text(encoding="utf-8")
+        template = read_text(folder / "chat_template.jinja")
     config["chat_template"] = template
     return config
 

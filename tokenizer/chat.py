@@ -28,6 +28,7 @@ import resource
 import select
 import signal
 import time
+import warnings
 from collections.abc import Sequence
 from datetime import datetime
 from functools import lru_cache
@@ -151,7 +152,9 @@ def _render_in_child(template: str, variables: dict, max_seconds: float,
     """Fork; the child caps its memory, renders, and writes JSON [kind, text] to a pipe; the parent reads it
     before the deadline, or kills the child. -> (kind, text), kind "timeout" when the deadline passed."""
     read_end, write_end = os.pipe()
-    pid = os.fork()
+    with warnings.catch_warnings():  # Python 3.12+ warns about fork() in a process with threads (torch's): the
+        warnings.simplefilter("ignore", DeprecationWarning)  # child only runs Jinja on objects already in memory
+        pid = os.fork()
     if pid == 0:  # the child: never returns, never runs the parent's exit handlers (os._exit)
         try:
             os.close(read_end)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import json
 import os
-import resource
 import select
 import signal
 import time
@@ -184,6 +183,8 @@ def _render_in_child(template: str, variables: dict, max_seconds: float,
 
 def _limit_memory(extra_bytes: int) -> None:
     """Cap this (child) process's address space at what it has now plus ``extra_bytes`` (Linux only)."""
+    import resource  # POSIX only, like os.fork
+
     try:
         with open("/proc/self/statm") as statm:  # the first field is the virtual size in pages
             current = int(statm.read().split()[0]) * resource.getpagesize()

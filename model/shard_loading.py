@@ -1,9 +1,10 @@
 """Loading a checkpoint for tensor parallelism: each process reads only its own slices of the files.
 
 The model is built on the meta device and split by the plan (model/tensor_parallel.py); then, for every
-parameter, the process reads the rows or columns it keeps through safetensors' slice API
+parameter, the process reads the range of rows or columns it keeps (`parameter_parts`, the plan's own ranges:
+whole GQA groups, uneven where the counts do not divide) through safetensors' slice API
 (`safe_open(...).get_slice(name)[rows, cols]`), which copies only those bytes out of the file: per-process
-memory is about 1/N of the split matrices plus the replicated parts (embedding, head, norms, router), and the
+memory is its share of the split matrices plus the replicated parts (embedding, head, norms, router), and the
 whole tensor is never materialised. MXFP4 experts are decoded per slice: a split by output rows reads whole
 blocks; a split by input features (down_proj) reads the 32-value blocks that cover the range, then cuts it.
 
@@ -21,7 +22,6 @@ import torch
 from safetensors import safe_open
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh
-from torch.distributed.tensor import DTensor
 from torch.distributed.tensor.parallel import parallelize_module
 
 from .causal_lm import CausalLM
@@ -30,7 +30,7 @@ from .checks import check_config_against_header
 from .loading import (DTYPES, CheckpointError, check_dtypes, check_quantization, check_tensors, checkpoint_files,
                       hf_to_local_name, merge_mxfp4_headers, read_headers, skip_parameter_init)
 from .mxfp4 import dequantize_expert_weight
-from .tensor_parallel import FIRST_RANK_ONLY, agree, check_divisible, plain_linears, shard_dims, tensor_parallel_plan
+from .tensor_parallel import FIRST_RANK_ONLY, Part, agree, check_splittable, parameter_parts, tensor_parallel_plan
 
 
 @dataclass
@@ -63,7 +63,7 @@ def _load_local_part(folder: Path, mesh: DeviceMesh, dtype, device, attn_impleme
     if not folder.is_dir():
         raise CheckpointError(f"model folder {folder} does not exist")
     config = ModelConfig.from_json(folder)
-    check_divisible(config, mesh.size())  # before anything is read
+    check_splittable(config, mesh.size())  # before anything is read
     check_quantization(config)
     files = checkpoint_files(folder)
     stored_names = {name_map(name): name for name in files}  # ours -> as stored
@@ -75,20 +75,19 @@ def _load_local_part(folder: Path, mesh: DeviceMesh, dtype, device, attn_impleme
                   config.tie_word_embeddings)
     check_dtypes(headers, dtype)
     plan = tensor_parallel_plan(config)
-    plain_linears(model, plan)
-    parallelize_module(model, mesh, plan)
+    parallelize_module(model, mesh, plan)  # meta parameters cut to this process's parts, head counts local
     params = dict(model.named_parameters(remove_duplicate=False))
-    dims = shard_dims(plan, list(params))
+    parts = parameter_parts(plan, list(params), mesh.get_local_rank(), mesh.size())
     wanted = dtype or next(DTYPES[info[1]] for info in headers.values() if info[1] != "MXFP4")
     model.loaded_bytes = LoadedBytes()
     for name, param in params.items():
         if name == "lm_head.weight" and config.tie_word_embeddings:
             continue  # the same Parameter as embed_tokens.weight, set with it
         if name in stored_names:
-            local = read_slice(files[stored_names[name]], stored_names[name], dims[name], mesh, model.loaded_bytes)
+            local = read_slice(files[stored_names[name]], stored_names[name], parts[name], mesh, model.loaded_bytes)
         else:  # an MXFP4 expert: `<name>_blocks` + `<name>_scales`
-            local = read_mxfp4_slice(files, stored_names, name, dims[name], mesh, wanted, model.loaded_bytes)
-        set_parameter(model, name, param, local.to(dtype=wanted, device=device), mesh)
+            local = read_mxfp4_slice(files, stored_names, name, parts[name], wanted, model.loaded_bytes)
+        set_parameter(model, name, param, local.to(dtype=wanted, device=device))
     if config.tie_word_embeddings:
         model.lm_head.weight = model.embed_tokens.weight
     for module in model.modules() if device is not None else ():  # buffers (RoPE's frequencies) are on the CPU
@@ -97,39 +96,37 @@ def _load_local_part(folder: Path, mesh: DeviceMesh, dtype, device, attn_impleme
     return model
 
 
-def read_slice(path: Path, stored_name: str, dim: int | str | None, mesh: DeviceMesh,
+def read_slice(path: Path, stored_name: str, part: Part | str | None, mesh: DeviceMesh,
                counts: LoadedBytes) -> torch.Tensor:
-    """This process's slice of one stored tensor, read through the slice API (only those bytes are read).
+    """This process's part of one stored tensor, read through the slice API (only those bytes are read).
 
     The file is opened for this one read: safetensors maps it and returns views into the mapping; a row slice
     keeps only its own pages (touched when first used), a column slice is copied (see below).
     """
     with safe_open(str(path), framework="pt", device="cpu") as handle:
-        return _read_slice(handle.get_slice(stored_name), dim, mesh, counts)
+        return _read_slice(handle.get_slice(stored_name), part, mesh, counts)
 
 
-def _read_slice(piece, dim: int | str | None, mesh: DeviceMesh, counts: LoadedBytes) -> torch.Tensor:
-    shape = piece.get_shape()
-    if dim is None or dim == FIRST_RANK_ONLY:
+def _read_slice(piece, part: Part | str | None, mesh: DeviceMesh, counts: LoadedBytes) -> torch.Tensor:
+    if part is None or part == FIRST_RANK_ONLY:
         tensor = piece[:]
         counts.replicated_read += tensor.nbytes
-        if dim == FIRST_RANK_ONLY and mesh.get_local_rank() != 0:
+        if part == FIRST_RANK_ONLY and mesh.get_local_rank() != 0:
             tensor = torch.zeros_like(tensor)  # added once to a sum of N partial results
         return tensor
-    size = shape[dim] // mesh.size()
-    start = mesh.get_local_rank() * size
-    index = tuple(slice(start, start + size) if d == dim else slice(None) for d in range(len(shape)))
+    shape = piece.get_shape()
+    index = tuple(slice(part.start, part.stop) if d == part.dim else slice(None) for d in range(len(shape)))
     # A view into the mapped file; a column slice is strided over the whole tensor's pages, so it becomes a copy
     # of its own bytes (only they stay resident once the file is closed).
     tensor = piece[index].contiguous()
     counts.sharded_read += tensor.nbytes
-    counts.sharded_total += tensor.nbytes * mesh.size()
+    counts.sharded_total += torch.Size(shape).numel() * tensor.element_size()
     return tensor
 
 
-def read_mxfp4_slice(files, stored_names, name: str, dim: int | str | None, mesh: DeviceMesh,
-                     dtype: torch.dtype, counts: LoadedBytes) -> torch.Tensor:
-    """Decode this process's slice of an MXFP4 expert tensor, parameter layout (E, in, out), to `dtype`.
+def read_mxfp4_slice(files, stored_names, name: str, part: Part | str | None, dtype: torch.dtype,
+                     counts: LoadedBytes) -> torch.Tensor:
+    """Decode this process's part of an MXFP4 expert tensor, parameter layout (E, in, out), to `dtype`.
 
     Stored: blocks (E, out, G, 16) and scales (E, out, G), G = in / 32. A split along `out` (dim 2 of the
     parameter) slices the stored dim 1; a split along `in` (dim 1) reads the blocks covering the range.
@@ -138,41 +135,31 @@ def read_mxfp4_slice(files, stored_names, name: str, dim: int | str | None, mesh
     with safe_open(str(files[blocks_name]), framework="pt") as blocks_file, \
             safe_open(str(files[scales_name]), framework="pt") as scales_file:
         packed, cut, full = _read_mxfp4_slice(blocks_file.get_slice(blocks_name), scales_file.get_slice(scales_name),
-                                              name, dim, mesh)
+                                              name, part)
     counts.sharded_read += sum(t.nbytes for t in packed)
     counts.sharded_total += full
     return dequantize_expert_weight(*packed, dtype)[:, cut].contiguous()  # (E, in_local, out_local)
 
 
-def _read_mxfp4_slice(blocks, scales, name: str, dim, mesh: DeviceMesh):
-    E, out_features, G, _ = blocks.get_shape()
-    rank, world = mesh.get_local_rank(), mesh.size()
-    if dim == 2:
-        size = out_features // world
-        rows = slice(rank * size, (rank + 1) * size)
+def _read_mxfp4_slice(blocks, scales, name: str, part: Part | str | None):
+    if not isinstance(part, Part) or part.dim not in (1, 2):
+        raise CheckpointError(f"'{name}' is stored in MXFP4 but the plan does not split it; only experts are MXFP4")
+    if part.dim == 2:  # output features: whole rows of blocks
+        rows = slice(part.start, part.stop)
         packed = (blocks[:, rows], scales[:, rows])
         cut = slice(None)
-    elif dim == 1:
-        size = G * 32 // world
-        first, last = rank * size, (rank + 1) * size  # input features [first, last)
-        groups = slice(first // 32, -(-last // 32))  # the blocks that cover them
+    else:  # input features [start, stop): the 32-value blocks that cover them, then cut
+        groups = slice(part.start // 32, -(-part.stop // 32))
         packed = (blocks[:, :, groups], scales[:, :, groups])
-        cut = slice(first - groups.start * 32, last - groups.start * 32)
-    else:
-        raise CheckpointError(f"'{name}' is stored in MXFP4 but the plan does not split it; only experts are MXFP4")
+        cut = slice(part.start - groups.start * 32, part.stop - groups.start * 32)
     full = sum(torch.Size(piece.get_shape()).numel() for piece in (blocks, scales))  # uint8: a byte each
     return packed, cut, full
 
 
-def set_parameter(model: nn.Module, name: str, meta: torch.Tensor, local: torch.Tensor, mesh: DeviceMesh) -> None:
-    """Replace a meta parameter by the loaded one: a DTensor over the local shard where the plan made one."""
+def set_parameter(model: nn.Module, name: str, meta: torch.Tensor, local: torch.Tensor) -> None:
+    """Replace a meta parameter (already cut to this process's part) by the loaded one."""
     module_path, _, attribute = name.rpartition(".")
-    module = model.get_submodule(module_path)
-    expected = meta.to_local().shape if isinstance(meta, DTensor) else meta.shape
-    if tuple(local.shape) != tuple(expected):
+    if tuple(local.shape) != tuple(meta.shape):
         raise CheckpointError(f"tensor '{name}': this process read a slice of shape {list(local.shape)} but its "
-                              f"shard needs {list(expected)}")
-    if isinstance(meta, DTensor):
-        local = DTensor.from_local(local, mesh, meta.placements, run_check=False, shape=meta.shape,
-                                   stride=meta.stride())
-    setattr(module, attribute, nn.Parameter(local, requires_grad=False))
+                              f"part needs {list(meta.shape)}")
+    setattr(model.get_submodule(module_path), attribute, nn.Parameter(local, requires_grad=False))

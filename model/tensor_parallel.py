@@ -1,23 +1,32 @@
-"""Tensor parallelism: one CausalLM split across N processes with PyTorch's DTensor (Megatron-LM's scheme).
+"""Tensor parallelism: one CausalLM split across N processes (Megatron-LM's scheme), with torch.distributed.
 
 Each block holds two pairs of matrices that read a replicated input: attention (q/k/v, then o) and the MLP
 (gate/up, then down). The first matrices of a pair are split by output rows ("column-wise"): each process
-computes its own heads, or its own slice of the intermediate features, from the full input, with no
-communication. The second matrix is split by input columns ("row-wise"): each process multiplies the slice it
+computes its own heads, or its own range of the intermediate features, from the full input, with no
+communication. The second matrix is split by input columns ("row-wise"): each process multiplies the part it
 computed by the matching columns, and one all-reduce sums the N partial results. So a block costs two
 all-reduces of (B, T, H) activations, and nothing in between is ever gathered:
 
-    plan entry (per block)              style              what one process keeps
-    self_attn.q_proj / k_proj / v_proj  ColwiseParallel    n_heads / N query heads, n_kv / N key-value heads
-    self_attn.o_proj                    RowwiseParallel    the columns of those heads; all-reduce after it
-    self_attn                           LocalHeads         local head counts; GPT-OSS sinks of its own heads
-    mlp.gate_proj / up_proj             ColwiseParallel    I / N intermediate features
-    mlp.down_proj                       RowwiseParallel    the columns of those features; all-reduce after it
-    mlp.experts (GPT-OSS)               ExpertSlices       each expert's I / N features; all-reduce after it
-    embed_tokens, lm_head, norms, router  (replicated)     everything
+    plan entry (per block)   style          what process r keeps
+    self_attn                HeadGroups     a range of key-value heads and the query heads of their groups:
+                                            those rows of q/k/v, those columns of o_proj, their sinks
+    mlp (LLaMA)              FeatureRange   a range of intermediate features: rows of gate/up, columns of down
+    mlp.experts (GPT-OSS)    ExpertSlices   the same range of every expert's features
+    embed_tokens, lm_head, norms, router  (replicated)
 
-Query heads and key-value heads are split by the same N, so process r's query heads use exactly process r's
-key-value heads (GQA groups stay whole) and its KV cache holds only those n_kv / N heads.
+Ranges, not equal pieces: process r gets `split_range(count, N, r)` items, the sizes of torch.tensor_split (the
+first count % N processes one more). SmolLM2's 3 key-value heads over 2 processes are 2 + 1, so its 9 query heads
+are 6 + 3: GQA groups stay whole, so every process's query heads read only its own key-value heads, and its KV
+cache holds only those. The one set-up refused is fewer key-value heads (or features) than processes.
+
+Why styles of ours with plain tensors, not PyTorch's ColwiseParallel / RowwiseParallel: DTensor's Shard cuts a
+dimension into torch.chunk pieces (equal but the last), which would cut through a head whenever the counts do not
+divide; with head ranges the one code path serves even and uneven splits alike. The styles still plug into
+`parallelize_module` as a plan (module path -> style, like transformers' `tp_plan`), each parameter becomes an
+ordinary tensor holding only this process's part (so the model's own forward and any Linear subclass run
+unchanged, with no DTensor dispatch on every product), and a forward hook sums the partial output of o_proj,
+down_proj or the experts with `dist.all_reduce`. A bias after a row-wise split joins that sum, so process 0 keeps
+it and the others hold zeros.
 
 Why the embedding and the head are replicated, not split by vocabulary: every decoding strategy of the loop
 (sampling, beam search, DoLa, entropy) reads whole rows of logits, so a vocabulary-split head would need an
@@ -29,153 +38,192 @@ on all of them, so the same generator seed draws the same token everywhere.
 
 Why each expert's matrices are split, not the experts (expert parallelism): decoding routes one token to k of
 E experts; with experts spread over processes, the k chosen may all live on one process while the others
-idle, and tokens must travel to their experts (an all-to-all). Split inside, every process does 1/N of every
-chosen expert, memory is exactly 1/N whatever the routing, and the MoE ends with the same single all-reduce
+idle, and tokens must travel to their experts (an all-to-all). Split inside, every process does its share of
+every chosen expert, memory is its share whatever the routing, and the MoE ends with the same single all-reduce
 as a dense MLP. (Expert parallelism pays off for large batches, where every expert gets tokens.)
 
-Nothing here changes the model's code: the plan is applied by `parallelize_module`, the model's forward runs as
-written with local head counts, and the decode loop is unchanged. `model/shard_loading.py` loads each
-process's slices straight from the safetensors files.
+The decode loop is unchanged. `model/shard_loading.py` loads each process's parts straight from the safetensors
+files, through the same `parameter_parts` the styles cut with.
 """
 
 from __future__ import annotations
 
 import datetime
-import math
 import os
 import sys
+from dataclasses import dataclass
 from fnmatch import fnmatchcase
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
-from torch.distributed.tensor import DTensor, Partial, Replicate
-from torch.distributed.tensor.parallel import ColwiseParallel, ParallelStyle, RowwiseParallel, parallelize_module
+from torch.distributed.tensor.parallel import ParallelStyle, parallelize_module
 
 from .config import ModelConfig
 
-FIRST_RANK_ONLY = "first rank only"  # a bias that joins an all-reduced sum: added by one process, zero elsewhere
+FIRST_RANK_ONLY = "first rank only"  # a bias that joins an all-reduced sum: kept by process 0, zero elsewhere
 
 
 class TensorParallelError(RuntimeError):
-    """A tensor-parallel set-up that cannot work (counts that do not divide, a process that failed)."""
+    """A tensor-parallel set-up that cannot work (fewer heads than processes, a process that failed)."""
 
 
-class LocalHeads(ParallelStyle):
-    """The attention module itself: head counts become this process's, and GPT-OSS sinks follow their heads."""
+@dataclass(frozen=True)
+class Part:
+    """Indices [start, stop) of dimension `dim`: the part of one parameter a process keeps."""
 
-    shard_dims = {"sinks": 0}
+    dim: int
+    start: int
+    stop: int
+
+    def of(self, tensor: torch.Tensor) -> torch.Tensor:
+        return tensor.narrow(self.dim, self.start, self.stop - self.start)
+
+
+def split_range(count: int, world: int, rank: int) -> tuple[int, int]:
+    """[start, stop) of `count` items for process `rank` of `world`: torch.tensor_split's sizes, the first
+    count % world processes one more (3 heads over 2: [0, 2) and [2, 3))."""
+    size, extra = divmod(count, world)
+    start = rank * size + min(rank, extra)
+    return start, start + size + (rank < extra)
+
+
+class RangeStyle(ParallelStyle):
+    """A style of ours: keep this process's part of each parameter (plain tensors), sum one output over processes.
+
+    Subclasses say which parts (`parts`), which submodule's output is a partial sum (`reduced`) and what else
+    changes with the split (`set_local_sizes`).
+    """
+
+    reduced = ""  # the submodule whose output is summed ("" : the module itself)
+
+    def __init__(self, config: ModelConfig):
+        super().__init__()
+        self.config = config
+
+    def parts(self, rank: int, world: int) -> dict[str, Part | str]:
+        """Parameter name inside the module -> what process `rank` of `world` keeps (or FIRST_RANK_ONLY)."""
+        raise NotImplementedError
+
+    def set_local_sizes(self, module: nn.Module, rank: int, world: int) -> None:
+        pass
 
     def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
-        world = device_mesh.size()
-        module.n_heads //= world  # the forward views its q/k/v output with these counts
-        module.n_kv //= world
-        if getattr(module, "sinks", None) is not None:  # (n_heads,) -> (n_heads / N,): plain, the forward uses it
-            module.sinks = nn.Parameter(local_chunk(module.sinks.detach(), 0, device_mesh), requires_grad=False)
+        rank, world = device_mesh.get_local_rank(), device_mesh.size()
+        for name, part in self.parts(rank, world).items():
+            owner_path, _, attribute = name.rpartition(".")
+            owner = module.get_submodule(owner_path)
+            full = getattr(owner, attribute, None)
+            if full is None:  # a bias the checkpoint does not have
+                continue
+            setattr(owner, attribute, nn.Parameter(local_part(full.detach(), part, rank), requires_grad=False))
+        self.set_local_sizes(module, rank, world)
+        group = device_mesh.get_group()
+        module.get_submodule(self.reduced).register_forward_hook(lambda _m, _i, out: all_reduce(out, group))
         return module
 
 
-class ExpertSlices(ParallelStyle):
+class HeadGroups(RangeStyle):
+    """Attention: a range of key-value heads, the query heads of their groups, their sinks; sum after o_proj."""
+
+    reduced = "o_proj"
+
+    def head_ranges(self, rank: int, world: int) -> tuple[range, range]:
+        """(query heads, key-value heads) of process `rank`."""
+        group = self.config.num_attention_heads // self.config.num_key_value_heads  # query heads per kv head
+        first, last = split_range(self.config.num_key_value_heads, world, rank)
+        return range(first * group, last * group), range(first, last)
+
+    def parts(self, rank: int, world: int) -> dict[str, Part | str]:
+        queries, kv = self.head_ranges(rank, world)
+        d = self.config.head_dim
+        q_rows, kv_rows = Part(0, queries.start * d, queries.stop * d), Part(0, kv.start * d, kv.stop * d)
+        return {"q_proj.weight": q_rows, "q_proj.bias": q_rows, "k_proj.weight": kv_rows, "k_proj.bias": kv_rows,
+                "v_proj.weight": kv_rows, "v_proj.bias": kv_rows,
+                "o_proj.weight": Part(1, q_rows.start, q_rows.stop), "o_proj.bias": FIRST_RANK_ONLY,
+                "sinks": Part(0, queries.start, queries.stop)}  # GPT-OSS: one logit per query head
+
+    def set_local_sizes(self, module: nn.Module, rank: int, world: int) -> None:
+        queries, kv = self.head_ranges(rank, world)
+        module.n_heads, module.n_kv = len(queries), len(kv)  # the forward views q/k/v with these counts
+
+
+class FeatureRange(RangeStyle):
+    """The SwiGLU MLP: a range of intermediate features, rows of gate/up and columns of down; sum after down."""
+
+    reduced = "down_proj"
+
+    def parts(self, rank: int, world: int) -> dict[str, Part | str]:
+        first, last = split_range(self.config.intermediate_size, world, rank)
+        rows = Part(0, first, last)
+        return {"gate_proj.weight": rows, "gate_proj.bias": rows, "up_proj.weight": rows, "up_proj.bias": rows,
+                "down_proj.weight": Part(1, first, last), "down_proj.bias": FIRST_RANK_ONLY}
+
+
+class ExpertSlices(RangeStyle):
     """GPT-OSS experts, each split like a dense MLP: gate_up by output features, down by input features.
 
-    gate_up_proj (E, H, 2I) interleaves gate and up columns (gate_i, up_i at 2i, 2i + 1), so a contiguous chunk
-    of 2I / N columns holds whole (gate, up) pairs: the features i of this process's down_proj rows.
+    gate_up_proj (E, H, 2I) interleaves gate and up columns (gate_i, up_i at 2i, 2i + 1), so features [a, b) are
+    columns [2a, 2b): whole (gate, up) pairs, the features of this process's down_proj rows.
     Every process runs the same router on the same input, so all choose the same experts.
     """
 
-    shard_dims = {"gate_up_proj": 2, "gate_up_proj_bias": 1, "down_proj": 1, "down_proj_bias": FIRST_RANK_ONLY}
-
-    def _apply(self, module: nn.Module, device_mesh: DeviceMesh) -> nn.Module:
-        for name, dim in self.shard_dims.items():
-            tensor = getattr(module, name).detach()
-            local = local_chunk(tensor, dim, device_mesh) if dim != FIRST_RANK_ONLY else first_rank_only(tensor,
-                                                                                                        device_mesh)
-            setattr(module, name, nn.Parameter(local, requires_grad=False))
-        module.register_forward_hook(lambda _module, _inputs, out: all_reduce(out, device_mesh))
-        return module
+    def parts(self, rank: int, world: int) -> dict[str, Part | str]:
+        first, last = split_range(self.config.intermediate_size, world, rank)
+        return {"gate_up_proj": Part(2, 2 * first, 2 * last), "gate_up_proj_bias": Part(1, 2 * first, 2 * last),
+                "down_proj": Part(1, first, last), "down_proj_bias": FIRST_RANK_ONLY}
 
 
-def local_chunk(tensor: torch.Tensor, dim: int, mesh: DeviceMesh) -> torch.Tensor:
-    """This process's 1/N of `tensor` along `dim` (the counts were checked to divide)."""
-    return tensor.chunk(mesh.size(), dim=dim)[mesh.get_local_rank()].contiguous()
+def local_part(tensor: torch.Tensor, part: Part | str, rank: int) -> torch.Tensor:
+    """Process `rank`'s part of a whole `tensor`, as a copy of its own (the whole one can then be freed)."""
+    if part == FIRST_RANK_ONLY:
+        return tensor if rank == 0 else torch.zeros_like(tensor)
+    return part.of(tensor).clone()
 
 
-def first_rank_only(tensor: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
-    return tensor if mesh.get_local_rank() == 0 else torch.zeros_like(tensor)
+def all_reduce(partial: torch.Tensor, group) -> torch.Tensor:
+    """The sum over processes of each one's partial result (the same on every process afterwards)."""
+    summed = partial.contiguous()
+    dist.all_reduce(summed, group=group)
+    return summed
 
 
-def all_reduce(partial: torch.Tensor, mesh: DeviceMesh) -> torch.Tensor:
-    """The sum over processes of each one's partial result, through DTensor (Partial -> Replicate)."""
-    return DTensor.from_local(partial, mesh, [Partial()], run_check=False).redistribute(mesh, [Replicate()]).to_local()
-
-
-def tensor_parallel_plan(config: ModelConfig) -> dict[str, ParallelStyle]:
+def tensor_parallel_plan(config: ModelConfig) -> dict[str, RangeStyle]:
     """Module path (with * for the layer index) -> how it is split, for `parallelize_module`."""
-    plan: dict[str, ParallelStyle] = {
-        "layers.*.self_attn": LocalHeads(),
-        "layers.*.self_attn.q_proj": ColwiseParallel(),
-        "layers.*.self_attn.k_proj": ColwiseParallel(),
-        "layers.*.self_attn.v_proj": ColwiseParallel(),
-        "layers.*.self_attn.o_proj": RowwiseParallel(),
-    }
     if config.model_type == "gpt_oss":
-        plan["layers.*.mlp.experts"] = ExpertSlices()
-    else:
-        plan.update({"layers.*.mlp.gate_proj": ColwiseParallel(), "layers.*.mlp.up_proj": ColwiseParallel(),
-                     "layers.*.mlp.down_proj": RowwiseParallel()})
-    for style in plan.values():
-        style.src_data_rank = None  # every process holds the same full tensors (or meta ones): keep a chunk, send nothing
-    return plan
+        return {"layers.*.self_attn": HeadGroups(config), "layers.*.mlp.experts": ExpertSlices(config)}
+    return {"layers.*.self_attn": HeadGroups(config), "layers.*.mlp": FeatureRange(config)}
 
 
-def shard_dims(plan: dict[str, ParallelStyle], names: list[str]) -> dict[str, int | str | None]:
-    """Parameter name -> the dimension split across processes (None: replicated; FIRST_RANK_ONLY)."""
-    dims: dict[str, int | str | None] = {name: None for name in names}
+def parameter_parts(plan: dict[str, RangeStyle], names: list[str], rank: int,
+                    world: int) -> dict[str, Part | str | None]:
+    """Parameter name -> what process `rank` keeps of it (None: the whole, replicated; FIRST_RANK_ONLY)."""
+    parts: dict[str, Part | str | None] = {name: None for name in names}
     for pattern, style in plan.items():
-        if isinstance(style, ColwiseParallel):
-            per_param = {"weight": 0, "bias": 0}  # (out, in): rows are outputs
-        elif isinstance(style, RowwiseParallel):
-            per_param = {"weight": 1}  # the bias is added once, after the all-reduce
-        else:
-            per_param = style.shard_dims
-        for name in names:
-            module_path, _, param = name.rpartition(".")
-            if param in per_param and fnmatchcase(module_path, pattern):
-                dims[name] = per_param[param]
-    return dims
+        for inner, part in style.parts(rank, world).items():
+            for name in names:
+                if fnmatchcase(name, f"{pattern}.{inner}"):
+                    parts[name] = part
+    return parts
 
 
-def check_divisible(config: ModelConfig, world_size: int) -> None:
-    """Raise TensorParallelError unless every split count divides by the number of processes."""
-    counts = {"num_attention_heads": config.num_attention_heads, "num_key_value_heads": config.num_key_value_heads,
-              "intermediate_size": config.intermediate_size}
-    bad = {key: value for key, value in counts.items() if value % world_size}
+def check_splittable(config: ModelConfig, world_size: int) -> None:
+    """Raise TensorParallelError unless every process gets at least one key-value head and one MLP feature."""
+    counts = {"num_key_value_heads": config.num_key_value_heads, "intermediate_size": config.intermediate_size}
+    bad = {key: value for key, value in counts.items() if value < world_size}
     if bad:
         listed = ", ".join(f"{key}={value}" for key, value in bad.items())
-        fits = [n for n in range(1, math.gcd(*counts.values()) + 1) if math.gcd(*counts.values()) % n == 0]
         raise TensorParallelError(
-            f"tensor parallelism over {world_size} processes splits the heads and MLP features evenly, but {listed} "
-            f"{'do' if len(bad) > 1 else 'does'} not divide by {world_size}; this model splits over "
-            f"{', '.join(map(str, fits))} processes (--nproc-per-node)")
+            f"tensor parallelism over {world_size} processes gives each process at least one key-value head (with "
+            f"its query heads) and one MLP feature, but {listed} {'are' if len(bad) > 1 else 'is'} fewer than "
+            f"{world_size}; this model splits over at most {min(counts.values())} processes (--nproc-per-node)")
 
 
 def parallelize(model: nn.Module, mesh: DeviceMesh) -> nn.Module:
     """Split `model` (loaded, or on the meta device) across `mesh` in place; every process calls it alike."""
-    check_divisible(model.config, mesh.size())
-    plan = tensor_parallel_plan(model.config)
-    plain_linears(model, plan)
-    return parallelize_module(model, mesh, plan)
-
-
-def plain_linears(model: nn.Module, plan: dict[str, ParallelStyle]) -> None:
-    """Give the split linears nn.Linear's own forward: DTensor runs PyTorch's operators only, and a subclass
-    whose forward calls a kernel of its own (an accelerated product) has no rule for split weights."""
-    for path, module in model.named_modules():
-        split = any(fnmatchcase(path, pattern) for pattern, style in plan.items()
-                    if isinstance(style, (ColwiseParallel, RowwiseParallel)))
-        if split and isinstance(module, nn.Linear) and type(module) is not nn.Linear:
-            module.__class__ = nn.Linear
+    check_splittable(model.config, mesh.size())
+    return parallelize_module(model, mesh, tensor_parallel_plan(model.config))
 
 
 def init_tensor_parallel(device: str = "cpu", timeout_s: float = 120.0) -> DeviceMesh:

@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from model import CausalLM, ModelConfig  # noqa: E402
-from model.tensor_parallel import shard_dims, tensor_parallel_plan  # noqa: E402
+from model.tensor_parallel import Part, parameter_parts, tensor_parallel_plan  # noqa: E402
 
 COMMON = dict(model_type="gpt_oss", vocab_size=201088, hidden_size=2880, intermediate_size=2880,
               num_attention_heads=64, num_key_value_heads=8, head_dim=64, num_experts_per_tok=4, sliding_window=128,
@@ -45,9 +45,9 @@ def budget(config: ModelConfig, world: int) -> dict[str, float]:
     with torch.device("meta"):
         model = CausalLM(config)
     params = dict(model.named_parameters())
-    dims = shard_dims(tensor_parallel_plan(config), list(params))
-    split = sum(bytes_of(n, p.numel()) for n, p in params.items() if isinstance(dims[n], int))
-    whole = sum(bytes_of(n, p.numel()) for n, p in params.items() if not isinstance(dims[n], int))
+    parts = parameter_parts(tensor_parallel_plan(config), list(params), rank=0, world=1)
+    split = sum(bytes_of(n, p.numel()) for n, p in params.items() if isinstance(parts[n], Part))
+    whole = sum(bytes_of(n, p.numel()) for n, p in params.items() if not isinstance(parts[n], Part))
     experts = sum(bytes_of(n, p.numel()) for n, p in params.items() if ".experts." in n)
     embedding = bytes_of("embed_tokens.weight", params["embed_tokens.weight"].numel())  # a row lookup: not read
     active = (split + whole - experts - embedding + experts * config.num_experts_per_tok / config.num_local_experts)

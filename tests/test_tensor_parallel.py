@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import numpy as np
 from safetensors import safe_open
 
 from conftest import default_model_dir, save_tiny_gpt_oss, save_tiny_llama
@@ -33,10 +34,11 @@ WORKER = ROOT / "tests" / "tensor_parallel_worker.py"
 SCRIPT = ROOT / "scripts" / "generate.py"
 LAUNCH_TIMEOUT_S = 300  # two busy cores; a launch takes about 10 s, a hang is cut here
 LAST_SHARD = "model-00006-of-00006.safetensors"  # the tiny LLaMA in 20 KB shards: 6 files
-MODELS = ("llama", "gpt_oss", "gpt_oss_mxfp4")
+MODELS = ("llama", "gpt_oss", "gpt_oss_mxfp4", "llama_uneven", "gpt_oss_uneven")
+UNEVEN = {"llama_uneven": 67, "gpt_oss_uneven": 25}  # 6 query / 3 key-value heads; intermediate features
 SPLIT = ("q_proj.weight", "k_proj.weight", "v_proj.weight", "o_proj.weight", "gate_proj.weight", "up_proj.weight",
-         "down_proj.weight", "q_proj.bias", "k_proj.bias", "v_proj.bias", "sinks", "experts.gate_up_proj",
-         "experts.gate_up_proj_bias", "experts.down_proj", "_blocks", "_scales")  # names ending so: split
+         "down_proj.weight", "q_proj.bias", "k_proj.bias", "v_proj.bias", "gate_proj.bias", "up_proj.bias", "sinks",
+         "experts.gate_up_proj", "experts.gate_up_proj_bias", "experts.down_proj", "_blocks", "_scales")  # split
 
 
 def torchrun(*args: str, timeout: float = LAUNCH_TIMEOUT_S) -> subprocess.CompletedProcess:
@@ -56,6 +58,12 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     # MXFP4 experts, I = 96: each process's half of down_proj's inputs (48) straddles a 32-value block.
     hf = save_tiny_gpt_oss(root / "gpt_oss_mxfp4", intermediate_size=96, num_local_experts=5)
     save_mxfp4_checkpoint(root / "gpt_oss_mxfp4", hf, torch.Generator().manual_seed(2))
+    # Counts that do not divide by 2: 3 key-value heads (2 + 1, so 6 query heads go 4 + 2) and odd MLP widths;
+    # biases on every LLaMA projection (o_proj's and down_proj's are added once, after the sum).
+    save_tiny_llama(root / "llama_uneven", hidden_size=48, num_attention_heads=6, num_key_value_heads=3,
+                    intermediate_size=UNEVEN["llama_uneven"], attention_bias=True, mlp_bias=True)
+    save_tiny_gpt_oss(root / "gpt_oss_uneven", num_attention_heads=6, num_key_value_heads=3,
+                      intermediate_size=UNEVEN["gpt_oss_uneven"])
     save_tiny_llama(root / "one_kv_head", num_key_value_heads=1)  # 1 key-value head cannot split over 2
     # Process 1 reads a copy that lacks one shard; process 0 reads the whole checkpoint.
     shutil.copytree(root / "llama", root / "llama_missing_1")
@@ -133,7 +141,7 @@ def split_bytes(folder: Path) -> int:
     return total
 
 
-@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("name", ["llama", "gpt_oss", "gpt_oss_mxfp4"])
 def test_each_process_reads_half_of_the_split_tensors(results, folders, name):
     total = split_bytes(folders[name])
     for rank in range(2):
@@ -144,10 +152,37 @@ def test_each_process_reads_half_of_the_split_tensors(results, folders, name):
         assert counted["local_heads"] == (2, 1)  # of 4 query and 2 key-value heads
 
 
-def test_indivisible_heads_fail_on_every_process_with_the_counts(results):
+def uneven_share(folder: Path, rank: int, features: int) -> int:
+    """Bytes process `rank` of 2 should read: numpy's array_split of the 3 key-value heads (the query heads of
+    those groups with them) and of the MLP features, applied to each split tensor's size in the files."""
+    kv = len(np.array_split(np.arange(3), 2)[rank])  # 2, then 1 of 3
+    own = {"q_proj": kv / 3, "o_proj": kv / 3, "sinks": kv / 3, "k_proj": kv / 3, "v_proj": kv / 3,
+           "mlp": len(np.array_split(np.arange(features), 2)[rank]) / features}  # a share of every unit
+    total = 0
+    with safe_open(str(folder / "model.safetensors"), framework="pt") as handle:
+        for name in handle.keys():
+            if name.endswith(SPLIT):
+                nbytes = torch.Size(handle.get_slice(name).get_shape()).numel() * 4
+                key = next(key for key in own if key in name)
+                assert (nbytes * own[key]).is_integer()
+                total += int(nbytes * own[key])
+    return total
+
+
+@pytest.mark.parametrize("name", list(UNEVEN))
+def test_uneven_counts_split_by_whole_groups_and_each_process_reads_its_share(results, folders, name):
+    shares = [uneven_share(folders[name], rank, UNEVEN[name]) for rank in range(2)]
+    assert shares[0] > shares[1] and sum(shares) == split_bytes(folders[name])
+    for rank in range(2):
+        assert results[rank][name]["sharded_read"] == shares[rank]
+        assert results[rank][name]["sharded_total"] == sum(shares)
+    assert [results[rank][name]["local_heads"] for rank in range(2)] == [(4, 2), (2, 1)]  # GQA groups of 2
+
+
+def test_fewer_key_value_heads_than_processes_fail_on_every_process_with_the_counts(results):
     for rank in range(2):
         message = results[rank]["heads"]
-        assert message.startswith("TensorParallelError") and "num_key_value_heads=1 does not divide by 2" in message
+        assert message.startswith("TensorParallelError") and "num_key_value_heads=1 is fewer than 2" in message
 
 
 def test_a_shard_missing_on_one_process_fails_on_every_process(results):
@@ -161,12 +196,13 @@ def test_a_shard_missing_on_one_process_fails_on_every_process(results):
 
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory) -> Path:
-    """A tiny random LLaMA with the default model's tokenizer (4 query, 2 key-value heads)."""
+    """A tiny random LLaMA with the default model's tokenizer (6 query, 3 key-value heads: split 4 + 2, 2 + 1)."""
     source = default_model_dir()
     if source is None:
         pytest.skip("needs the default model's tokenizer files: python -m model.zoo fetch smollm2-135m-instruct")
     folder = tmp_path_factory.mktemp("tp_chat")
-    save_tiny_llama(folder, vocab_size=49152, max_position_embeddings=512, initializer_range=0.2, eos_token_id=2)
+    save_tiny_llama(folder, vocab_size=49152, hidden_size=48, num_attention_heads=6, num_key_value_heads=3,
+                    max_position_embeddings=512, initializer_range=0.2, eos_token_id=2)
     for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
         shutil.copy(source / name, folder)
     return folder
@@ -188,14 +224,14 @@ def test_generate_script_without_torchrun_says_how_to_start_it(chat_model):
 
 
 def test_generate_script_stops_every_process_on_a_bad_set_up(tmp_path, chat_model):
-    folder = tmp_path / "three_heads"
+    folder = tmp_path / "one_kv_head"
     shutil.copytree(chat_model, folder)
-    save_tiny_llama(folder, vocab_size=49152, hidden_size=48, num_attention_heads=3, num_key_value_heads=3,
+    save_tiny_llama(folder, vocab_size=49152, hidden_size=48, num_attention_heads=3, num_key_value_heads=1,
                     max_position_embeddings=512)
     split = torchrun(str(SCRIPT), "--tensor-parallel", "--model", str(folder), "--prompt", "Hi", "--device", "cpu")
     assert split.returncode != 0
     errors = [line for line in split.stderr.splitlines() if line.startswith("error:")]
-    assert len(errors) == 1 and "num_attention_heads=3, num_key_value_heads=3 do not divide by 2" in errors[0], errors
+    assert len(errors) == 1 and "num_key_value_heads=1 is fewer than 2" in errors[0], errors
 
 
 def test_ctrl_c_ends_every_process_with_the_text_so_far(chat_model):

@@ -14,10 +14,9 @@ import torch
 
 from cache import DynamicCache
 
-from .api import _prepare
-from .loop import GenerateOutput, no_token_left
+from .loop import GenerateOutput, no_token_left, prepare_call
 from .options import GenerationOptions, check_inputs
-from .steps import LogitsStep, StepContext, apply_logits_steps, needs_hidden_states
+from .steps import LogitsStep, StepContext, run_steps
 from .stopping import RUNNING, StopConditions
 
 
@@ -35,17 +34,8 @@ def prepare_one_prompt(model, other_models: dict[str, Any], input_ids: torch.Ten
 
     Returns (GenerationOptions, steps, StopConditions, generator).
     """
-    opts, steps, stop, generator, attention_mask = _prepare(model, input_ids, attention_mask, dict(options))
-    if input_ids.shape[0] != 1 or attention_mask is not None:
-        raise ValueError(f"speculative decoding and hybrid routing take one unpadded prompt, input_ids of shape "
-                         f"(1, T); got {tuple(input_ids.shape)}" + (" with padding" if attention_mask is not None
-                                                                    else "") + ": call once per prompt")
-    if opts.num_beams != 1 or opts.num_return_sequences != 1:
-        raise ValueError("speculative decoding and hybrid routing produce one sequence: use num_beams=1 and "
-                         "num_return_sequences=1")
-    if needs_hidden_states(steps):
-        raise ValueError("a logits step needs the hidden states (DoLa / entropy layer choice); speculative "
-                         "decoding and hybrid routing feed several positions at once and do not support it")
+    call = prepare_call(model, input_ids, attention_mask, options, mode="assisted")  # refuses what cannot run
+    opts = call.options
     for name, other in other_models.items():
         check_inputs(opts, other, input_ids, None)
         if other.config.vocab_size != model.config.vocab_size:
@@ -54,7 +44,7 @@ def prepare_one_prompt(model, other_models: dict[str, Any], input_ids: torch.Ten
         if other.device != model.device:
             raise ValueError(f"the {name} model is on {other.device} but the main model on {model.device}; "
                              "move both to one device")
-    return opts, steps, stop, generator
+    return opts, call.steps, call.stop, call.generator
 
 
 def process_positions(steps: list[LogitsStep], logits: torch.Tensor, tokens: torch.Tensor, first_length: int,
@@ -68,9 +58,9 @@ def process_positions(steps: list[LogitsStep], logits: torch.Tensor, tokens: tor
         context = tokens[:, :first_length + i]
         ctx = StepContext(context, prompt_length, logits[i:i + 1], None, model, generator,
                           first_length + i - prompt_length, {})  # records of tried drafts are dropped
-        rows.append(apply_logits_steps(steps, logits[i:i + 1], ctx))
+        rows.append(run_steps(steps, logits[i:i + 1], ctx))
         if not torch.isfinite(rows[-1]).any():  # the steps banned every token: nothing can be chosen
-            raise no_token_left(0, ctx.step)
+            raise no_token_left(0, ctx.position)
     return torch.cat(rows)  # (k, V)
 
 

@@ -29,9 +29,8 @@ from cache import cache_for_config
 
 from .compiled import CompiledDecoder
 from .guards import check_logits
-from .loop import GenerateOutput, decode_one_token, extend_mask, no_token_left, prefill, reason_names
-from .steps import LogitsStep, StepContext, apply_logits_steps, needs_hidden_states
-from .stopping import StopConditions
+from .loop import GenerateOutput, PreparedCall, extend_mask, forward_tokens, no_token_left, reason_names
+from .steps import StepContext, StepNeeds, run_steps
 
 NEVER = -1.0e9  # a score that can never be chosen (the value transformers uses, so ties resolve alike)
 
@@ -53,54 +52,54 @@ def gather_beams(tensor: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     return torch.take_along_dim(tensor, index, dim=1)
 
 
-def beam_search(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, steps: list[LogitsStep],
-                stop: StopConditions, *, num_beams: int, length_penalty: float, early_stopping: bool | str,
-                num_return_sequences: int, do_sample: bool, pad_token_id: int, generator: torch.Generator | None,
-                output_scores: bool, records: dict[str, list], compile: bool = False,
-                output_logits: bool = False) -> GenerateOutput:
-    """Beam search over a batch of left-padded prompts (B, T); returns num_return_sequences rows per prompt.
-    compile=True runs the one-token step of all B * num_beams rows compiled (generation/compiled.py)."""
+def beam_search(model, call: PreparedCall, records: dict[str, list]) -> GenerateOutput:
+    """Beam search over a batch of left-padded prompts call.input_ids (B, T); returns num_return_sequences rows
+    per prompt. compile=True runs the one-token forward of all B * num_beams rows compiled (generation/compiled.py)."""
+    opts, stop, input_ids, generator = call.options, call.stop, call.input_ids, call.generator
+    length_penalty, early_stopping = opts.length_penalty, opts.early_stopping
     B, T = input_ids.shape
-    K, L = num_beams, T + stop.max_new_tokens
+    K, L = opts.num_beams, T + stop.max_new_tokens
     C = max(2, 1 + stop.eos_token_ids.numel()) * K
-    beams = CompiledBeams(model, B, K, L) if compile else EagerBeams(model, K, needs_hidden_states(steps))
-    logits, hidden_states = beams.prefill(input_ids, attention_mask)  # (B*K, V): the prompt once, not per beam
+    beams = CompiledBeams(model, B, K, L) if opts.compile else EagerBeams(model, K, call.needs)
+    # (B*K, V): the prompt once, not per beam
+    logits, hidden_states = beams.prefill(input_ids, call.attention_mask)
 
-    running, running_scores, finished = initial_beams(input_ids, K, L, pad_token_id)
+    running, running_scores, finished = initial_beams(input_ids, K, L, call.pad_token_id)
     can_improve = torch.ones((B, 1), dtype=torch.bool, device=input_ids.device)
     all_scores, all_logits = [], []
-    for step in range(stop.max_new_tokens):
-        length = T + step  # tokens in each running beam before this step
+    for position in range(stop.max_new_tokens):
+        length = T + position  # tokens in each running beam before this position
         flat = running[:, :, :length].reshape(B * K, length)
-        ctx = StepContext(flat, T, logits, hidden_states, model, generator, step, records)
-        log_probs = apply_logits_steps(steps, torch.log_softmax(logits, dim=-1), ctx)  # (B*K, V)
-        check_logits(logits, log_probs, step)  # NaN / inf named, never chosen
-        if output_scores:
+        ctx = StepContext(flat, T, logits, hidden_states, model, generator, position, records)
+        log_probs = run_steps(call.steps, torch.log_softmax(logits, dim=-1), ctx)  # (B*K, V)
+        check_logits(logits, log_probs, position)  # NaN / inf named, never chosen
+        if opts.output_scores:
             all_scores.append(log_probs)
-        if output_logits:  # (B*K, V) the running beams' raw logits, as transformers keeps them
+        if opts.output_logits:  # (B*K, V) the running beams' raw logits, as transformers keeps them
             all_logits.append(logits)
         totals = (log_probs.view(B, K, -1) + running_scores[..., None]).view(B, -1)  # (B, K*V)
         stuck = (totals.max(dim=-1).values <= NEVER / 2) & can_improve[:, 0]  # (B,) no live beam can continue
         if stuck.any():
-            raise no_token_left(int(stuck.nonzero()[0]), step)
-        cand_scores, cand_seqs, parents = top_candidates(totals, running, length, C, do_sample, generator)
+            raise no_token_left(int(stuck.nonzero()[0]), position)
+        cand_scores, cand_seqs, parents = top_candidates(totals, running, length, C, call.sampling, generator)
         cand_reasons = stop(cand_seqs[:, :, :length + 1].reshape(B * C, -1)).view(B, C)
         ends = cand_reasons > 0
         # 4. the K best candidates that go on (a candidate that ended gets NEVER added, so it sinks)
         go_on = torch.topk(cand_scores + ends.float() * NEVER, K).indices  # (B, K)
         running = gather_beams(cand_seqs, go_on)
         running_scores = gather_beams(cand_scores + ends.float() * NEVER, go_on)
-        finished = update_finished(finished, cand_seqs, cand_scores, cand_reasons, can_improve, K, step + 1,
+        finished = update_finished(finished, cand_seqs, cand_scores, cand_reasons, can_improve, K, position + 1,
                                    length_penalty, early_stopping)
         beams.reorder((gather_beams(parents, go_on) + K * torch.arange(B, device=go_on.device)[:, None]).view(-1))
-        can_improve = can_improve & improvement_possible(running_scores, finished, step + 1, stop.max_new_tokens,
+        can_improve = can_improve & improvement_possible(running_scores, finished, position + 1, stop.max_new_tokens,
                                                          length_penalty, early_stopping)
         all_full = (finished.reasons > 0).all() and early_stopping is True
         if not can_improve.any() or all_full or ends.all():
             break
         logits, hidden_states = beams.decode(running[:, :, length].reshape(B * K, 1))
-    out = beam_output(finished, T, num_return_sequences, tuple(all_scores) if output_scores else None, records)
-    out.logits = tuple(all_logits) if output_logits else None
+    out = beam_output(finished, T, opts.num_return_sequences, tuple(all_scores) if opts.output_scores else None,
+                      records)
+    out.logits = tuple(all_logits) if opts.output_logits else None
     return out
 
 
@@ -111,18 +110,21 @@ class EagerBeams:
     nothing. Sliding-window layers (GPT-OSS) keep only their window.
     """
 
-    def __init__(self, model, num_beams: int, hidden: bool):
-        self.model, self.num_beams, self.hidden = model, num_beams, hidden
+    def __init__(self, model, num_beams: int, needs: StepNeeds):
+        # the early-exit logits come from the steps themselves here (ctx.early_exit_logits stays None)
+        self.model, self.num_beams, self.needs = model, num_beams, StepNeeds(hidden_states=needs.hidden_states)
         self.cache = cache_for_config(model.config)
         self.mask: torch.Tensor | None = None  # (B*K, length) when the prompts are padded
 
     def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None):
         """(B, T) prompts -> logits (B*K, V) and hidden states; rows b*K .. b*K + K - 1 are copies of prompt b."""
         K = self.num_beams
-        out = prefill(self.model, input_ids, attention_mask, self.cache, self.hidden)
+        out = forward_tokens(self.model, input_ids, attention_mask, self.cache, self.needs)
         self.cache.repeat_interleave(K)  # every beam starts from its prompt's cache
         self.mask = attention_mask.repeat_interleave(K, dim=0) if attention_mask is not None else None
-        hidden_states = tuple(h.repeat_interleave(K, dim=0) for h in out.hidden_states) if self.hidden else None
+        hidden_states = None
+        if self.needs.hidden_states:
+            hidden_states = tuple(h.repeat_interleave(K, dim=0) for h in out.hidden_states)
         return out.logits[:, -1].float().repeat_interleave(K, dim=0), hidden_states
 
     def reorder(self, index: torch.Tensor) -> None:
@@ -132,7 +134,7 @@ class EagerBeams:
     def decode(self, tokens: torch.Tensor):
         """tokens (B*K, 1) -> logits (B*K, V) and hidden states."""
         self.mask = extend_mask(self.mask)
-        out = decode_one_token(self.model, tokens, self.mask, self.cache, self.hidden)
+        out = forward_tokens(self.model, tokens, self.mask, self.cache, self.needs)
         return out.logits[:, -1].float(), out.hidden_states
 
 

@@ -32,10 +32,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import ClassVar, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
+
+from .steps import LogitsStep, StepNeeds
 
 DOLA_VARIANTS = ("paper", "transformers")
 NUM_BUCKETS = 3  # seed 001 section 3: 30 layers -> [1, 10], [11, 20], [21, 29]
@@ -212,11 +214,11 @@ def transformers_dola_scores(final_logits: torch.Tensor, premature_logits: torch
 # ------------------------------------------------------------------------------------ the loop step
 
 @dataclass(frozen=True)
-class DoLa:
+class DoLa(LogitsStep):
     """The decode-loop step: replaces the scores (B, V) by DoLa's contrast. Build it with `DoLa.for_model`.
 
-    "paper" sits after the penalties (they act on the last layer's logits first); "transformers" must be
-    the first step, so that the penalties and warpers run after the contrast, as in transformers.
+    "paper" is of kind "contrast": it runs after the penalties (they act on the last layer's logits first);
+    "transformers" is a "raw_contrast": it runs first, the penalties and warpers after it, as in transformers.
     Records per step: `dola_premature_layer` (B,), `dola_jsd` (B, L) (the variant's own score) and
     `dola_candidate_layers` (L,), the layer of each column.
     """
@@ -224,7 +226,6 @@ class DoLa:
     layers: tuple[int, ...]  # candidate premature layers J
     variant: str = "paper"
     alpha: float = 0.1
-    needs_hidden_states: ClassVar[bool] = True
 
     @classmethod
     def for_model(cls, config, dola_layers: str | Sequence[int], dola_variant: str = "paper",
@@ -235,18 +236,19 @@ class DoLa:
         return cls(tuple(layers), dola_variant, float(alpha))
 
     @property
-    def early_exit_layers(self) -> tuple[int, ...]:
-        """Asks the decode loop for these layers' logits, computed with the final ones in one head matmul."""
-        return self.layers
+    def kind(self) -> str:
+        return "contrast" if self.variant == "paper" else "raw_contrast"
 
     @property
-    def early_exit_norm(self) -> bool:
-        return self.variant == "paper"  # transformers applies lm_head to the raw hidden state, without the norm
+    def needs(self) -> StepNeeds:
+        """The candidate layers' logits, computed by the loop with the final ones in one head matmul; transformers
+        applies lm_head to the raw hidden state, without the final norm."""
+        return StepNeeds(hidden_states=True, early_exit_layers=self.layers, early_exit_norm=self.variant == "paper")
 
     def __call__(self, scores: torch.Tensor, ctx) -> torch.Tensor:
         premature = ctx.early_exit_logits  # (L, B, V), eq. 2, when the loop computed them with the final logits
         if premature is None:  # "transformers" heads the raw states, without the final norm
-            premature = ctx.model.early_exit_logits(ctx.hidden_states, self.layers, norm=self.early_exit_norm)
+            premature = ctx.model.early_exit_logits(ctx.hidden_states, self.layers, norm=self.needs.early_exit_norm)
         if self.variant == "paper":
             new_scores, chosen, jsd = paper_dola_scores(scores, premature, self.layers, self.alpha)
         else:

@@ -45,7 +45,7 @@ import torch.nn.functional as F
 
 from model.matvec import load_kernel
 
-from .steps import apply_logits_steps
+from .steps import LogitsStep, StepNeeds, apply_logits_steps
 
 ENTROPY_STRATEGIES = ("trough", "random_after")
 
@@ -152,20 +152,19 @@ def walk_to_trough(layer_costs: Callable[[list[int]], torch.Tensor], last_cost: 
 # ------------------------------------------------------------------------------------ the loop step
 
 @dataclass(frozen=True)
-class EntropyLayerChoice:
+class EntropyLayerChoice(LogitsStep):
     """The decode-loop step: scores of the layer chosen by entropy replace the last layer's. (B, V) -> (B, V).
 
-    It wraps the loop's other steps (`processors`: penalties, temperature, top-k/p, ...) because each
-    layer's logits go through them before their entropy is measured (seed 000, section 4.1, step 3); the
-    loop then runs this one step. In beam search the loop hands over log-probabilities, so every layer's
-    logits are log-softmaxed first too (`log_prob_inputs`).
+    A step of kind "layer_selection": the loop runs it alone and hands it the other steps (penalties,
+    temperature, top-k/p, ...) as ctx.layer_steps, because each layer's logits go through them before their
+    entropy is measured (seed 000, section 4.1, step 3). In beam search the loop hands over log-probabilities,
+    so every layer's logits are log-softmaxed first too (`log_prob_inputs`).
 
     Records per step: `entropy_selected_layer_indices` (B,) layer numbers 1..N; with `record_tokens` every
     layer is computed and `entropy_per_layer_token_ids` (B, N) (each layer's top processed token) and
     `entropy_per_layer` (B, N) (the entropies, layer j in column j-1) are recorded as well.
     """
 
-    processors: tuple = ()
     strategy: str = "trough"
     normalize: bool = False
     consistency_alpha: float | None = None
@@ -175,26 +174,27 @@ class EntropyLayerChoice:
     # The model's N, when known at construction (generate() passes it): the layers every step needs first
     # (all of them, or the walk's first chunk) then come from the forward's own head matmul (early_exit_layers).
     num_hidden_layers: int | None = None
-    needs_hidden_states: ClassVar[bool] = True
+    kind: ClassVar[str] = "layer_selection"
 
     def __post_init__(self) -> None:
         check_entropy_arguments(self.strategy, self.consistency_alpha)
 
     @property
-    def early_exit_layers(self) -> tuple[int, ...]:
-        """Asks the decode loop for these layers' logits with the final ones: one pass over the head for 1 + 29
-        rows costs about as much as for 29 (measured 8.0 ms against 2.7 + 7.5 on the default model)."""
+    def needs(self) -> StepNeeds:
+        """Every layer's hidden state; and the layers every position needs first (all of them, or the walk's
+        first chunk) with the final logits: one pass over the head for 1 + 29 rows costs about as much as for 29
+        (measured 8.0 ms against 2.7 + 7.5 on the default model)."""
         N = self.num_hidden_layers
         if N is None or N < 2:
-            return ()
-        return tuple(range(1, N)) if self.record_tokens else tuple(range(max(1, N - self.walk_chunk), N))
+            return StepNeeds(hidden_states=True)
+        layers = tuple(range(1, N)) if self.record_tokens else tuple(range(max(1, N - self.walk_chunk), N))
+        return StepNeeds(hidden_states=True, early_exit_layers=layers)
 
     def __call__(self, scores: torch.Tensor, ctx) -> torch.Tensor:
         N = ctx.model.config.num_hidden_layers
         layers = list(range(1, N + 1))
-        # The loop's early-exit logits are for this step's layers, not for the processors it wraps.
-        early_exit, ctx = ctx.early_exit_logits, replace(ctx, early_exit_logits=None)
-        final = apply_logits_steps(self.processors, scores, ctx)  # (B, V) processed scores of layer N
+        early_exit = ctx.early_exit_logits  # (L, B, V) of needs.early_exit_layers, or None
+        final = apply_logits_steps(ctx.layer_steps, scores, ctx)  # (B, V) processed scores of layer N
         blocks: dict[int, torch.Tensor] = {}  # first layer of a block -> (L_b, B, V) processed scores
         entropies: dict[int, torch.Tensor] = {}  # first layer of a block -> (B, L_b)
         top_tokens: dict[int, torch.Tensor] = {}  # first layer of a block -> (B, L_b) each layer's top token
@@ -230,18 +230,18 @@ class EntropyLayerChoice:
     def _process(self, chunk: list[int], ctx, early_exit: torch.Tensor | None = None) -> torch.Tensor:
         """Early-exit logits of `chunk` (one matmul, or `early_exit`, the loop's logits of this step's
         early_exit_layers, when the chunk is those), through the processors: (L_c, B, V)."""
-        if early_exit is not None and tuple(chunk) == self.early_exit_layers:
+        if early_exit is not None and tuple(chunk) == self.needs.early_exit_layers:
             logits = early_exit.float()  # (L_c, B, V), headed with the final position
         else:
             logits = ctx.model.early_exit_logits(ctx.hidden_states, chunk).float()  # (L_c, B, V)
         if self.log_prob_inputs:
             logits = logits.log_softmax(-1)
-        if not self.processors:
+        if not ctx.layer_steps:
             return logits
         L, B, V = logits.shape
         # The processors see L_c * B rows; row l * B + b continues sequence b, so repeat the history L_c times.
         layer_ctx = replace(ctx, input_ids=ctx.input_ids.repeat(L, 1), logits=logits.reshape(L * B, V))
-        return apply_logits_steps(self.processors, logits.reshape(L * B, V), layer_ctx).view(L, B, V)
+        return apply_logits_steps(ctx.layer_steps, logits.reshape(L * B, V), layer_ctx).view(L, B, V)
 
     def _costs(self, chunk: list[int], block: torch.Tensor,
                ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

@@ -35,7 +35,7 @@ from cache import DynamicCache
 from .assisted import AssistedOutput, append_until_stop, prepare_one_prompt, process_positions
 from .drafting import feed
 from .loop import reason_names
-from .steps import select_greedy, select_sample
+from .steps import choose_token
 from .stopping import RUNNING
 from .entropy import entropy_bits
 from .uncertainty import TokenUncertainty, logu_uncertainty, routing_metric_name, share_threshold, token_uncertainty
@@ -96,7 +96,7 @@ def check_routing_arguments(large, routing_metric: Any, threshold: Any, share: A
         raise ValueError(f"top_probs must be an integer >= 1, got {top_probs!r}")
 
 
-def route_tokens(small, large, input_ids: torch.Tensor, steps: list, select, stop, generator, routing_metric: str,
+def route_tokens(small, large, input_ids: torch.Tensor, steps: list, sampling: bool, stop, generator, routing_metric: str,
                  threshold: float, logu_top_k: int, top_probs: int,
                  caches: dict) -> Iterator[tuple[RoutedToken, torch.Tensor, int]]:
     """The routing loop; yields (RoutedToken, sequence so far (1, n), stop reason code) per token."""
@@ -108,7 +108,7 @@ def route_tokens(small, large, input_ids: torch.Tensor, steps: list, select, sto
         model = large if use_large else small
         logits = feed(large, caches[LARGE], sequence)[-1] if use_large else small_logits
         scores = process_positions(steps, logits[None], sequence, sequence.shape[1], prompt_length, model, generator)
-        token = int(select(scores, generator)[0])
+        token = int(choose_token(scores, sampling, generator)[0])
         best = scores[0].softmax(-1).topk(min(top_probs, scores.shape[-1]))
         record = RoutedToken(token, sequence.shape[1] - prompt_length, measures, LARGE if use_large else SMALL,
                              [(int(i), float(p)) for p, i in zip(best.values, best.indices)])
@@ -161,10 +161,9 @@ def run_routing(small, large, input_ids: torch.Tensor, attention_mask: torch.Ten
     caches = {SMALL: DynamicCache()}
     if large is not None:
         caches[LARGE] = DynamicCache()
-    select = select_sample if opts.sampling else select_greedy
     stats, records = HybridStats(routing_metric, threshold if large is not None else math.inf, share), []
     sequence, reason, start = input_ids, RUNNING, time.perf_counter()
-    for record, sequence, reason in route_tokens(small, large, input_ids, steps, select, stop, generator,
+    for record, sequence, reason in route_tokens(small, large, input_ids, steps, opts.sampling, stop, generator,
                                                  routing_metric, stats.threshold, logu_top_k, top_probs, caches):
         records.append(record)
     stats.seconds = time.perf_counter() - start

@@ -5,11 +5,12 @@
     generate(model, ids, entropy_decoding="trough", entropy_record_tokens=True)
 
 `LayerSelectionOptions.pop_from(options)` takes these names out of generate()'s keyword arguments and checks
-them; `place_steps` then puts the step into the loop's list where its method says it belongs:
+them; `steps` builds the step, whose kind says where the loop runs it (generation/steps.py):
 
-    DoLa "paper"          penalties -> DoLa -> your logits_steps -> warpers      (seed 001, section 5)
-    DoLa "transformers"   DoLa -> penalties -> your logits_steps -> warpers      (as transformers runs it)
-    entropy               one step that wraps the whole list and runs it on every layer (seed 000, 4.1)
+    DoLa "paper"          kind "contrast":      penalties -> DoLa -> your logits_steps -> warpers   (seed 001, 5)
+    DoLa "transformers"   kind "raw_contrast":  DoLa -> penalties -> your logits_steps -> warpers   (transformers)
+    entropy               kind "layer_selection": the loop hands it the other steps, which it runs on every
+                          layer's scores (seed 000, 4.1)
 
 Both compose with every sampler, penalty, batches and (except the transformers variant, which transformers
 does not offer) beam search, where the distributions are per beam.
@@ -28,21 +29,43 @@ from typing import Any, Sequence
 
 import torch
 
-from .dola import DoLa, check_dola_arguments
+from .dola import DOLA_VARIANTS, DoLa, check_dola_arguments
 from .dola_choice import resolve_dola_layers
-from .entropy import EntropyLayerChoice, check_entropy_arguments
-from .steps import NoRepeatNGram, RepetitionPenalty
+from .entropy import ENTROPY_STRATEGIES, EntropyLayerChoice, check_entropy_arguments
+from .options import SWITCH, option
+from .steps import LogitsStep
+
+
+def dola_layers_value(text: str) -> str | list[int] | None:
+    """--dola-layers: "low", "high", "bucket0".."bucket2", layer numbers such as "2,4,6", or a choice file of
+    scripts/select_dola_bucket.py (read by resolve_dola_layers)."""
+    if text in ("low", "high") or text.startswith("bucket") or text.endswith(".json"):
+        return text
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise ValueError(f"{text!r} is not low, high, bucketN, a list like 2,4,6 or a choice .json") from None
 
 
 @dataclass(frozen=True)
 class LayerSelectionOptions:
-    dola_layers: str | Sequence[int] | None = None  # None: no DoLa
-    dola_variant: str = "paper"  # "paper" or "transformers"
-    dola_alpha: float = 0.1  # adaptive plausibility constraint (DoLa eq. 4)
-    entropy_decoding: str | None = None  # None, "trough" or "random_after"
-    entropy_record_tokens: bool = False  # record every layer's top token (computes all layers)
-    entropy_normalize: bool = False  # entropy / log2(vocab_size)
-    entropy_consistency_alpha: float | None = None  # rank layers by -H_j + alpha * cos(h_j, h_N)
+    """The layer-selection options of generate(), declared like GenerationOptions' (checked by the step code)."""
+
+    dola_layers: str | Sequence[int] | None = option(
+        None, "DoLa: contrast with these premature layers: 'low', 'high', 'bucket0'..'bucket2', a list of layer "
+        "numbers, or a choice .json of select_dola_bucket.py (None = no DoLa)", cli=dola_layers_value,
+        metavar="LAYERS")
+    dola_variant: str = option("paper", f"DoLa: the paper's formulas or transformers 4.55.2's, exactly "
+                               f"{DOLA_VARIANTS}", cli=str, metavar="{paper,transformers}")
+    dola_alpha: float = option(0.1, "DoLa's adaptive plausibility constraint alpha (eq. 4)", cli=float, metavar="A")
+    entropy_decoding: str | None = option(None, f"decode from the layer chosen by the entropy of its early-exit "
+                                          f"distribution {ENTROPY_STRATEGIES} (None = off)", cli=str,
+                                          metavar="{trough,random_after}")
+    entropy_record_tokens: bool = option(False, "entropy decoding: record every layer's top token and entropy "
+                                         "(computes all layers)", cli=SWITCH)
+    entropy_normalize: bool = option(False, "entropy decoding: entropy / log2(vocab_size)", cli=SWITCH)
+    entropy_consistency_alpha: float | None = option(None, "entropy decoding: rank layers by -H_j + alpha x "
+                                                     "cos(h_j, h_N)", cli=float, metavar="A")
 
     def __post_init__(self) -> None:
         if self.dola_layers is not None and self.entropy_decoding is not None:
@@ -63,26 +86,20 @@ class LayerSelectionOptions:
             options["dola_layers"] = resolve_dola_layers(options["dola_layers"])
         return cls(**{f.name: options.pop(f.name) for f in fields(cls) if f.name in options})
 
-    def place_steps(self, steps: list, config, num_beams: int) -> list:
-        """The loop's step list with the DoLa or entropy step put in place (checked against the config)."""
+    def steps(self, config, num_beams: int) -> list[LogitsStep]:
+        """The DoLa or entropy step these options ask for (checked against the config), or none."""
         if self.dola_layers is not None:
-            dola = DoLa.for_model(config, self.dola_layers, self.dola_variant, self.dola_alpha)
-            if self.dola_variant == "transformers":
-                if num_beams > 1:
-                    raise ValueError("dola_variant='transformers' reproduces transformers 4.55.2, which has no "
-                                     "DoLa beam search; use dola_variant='paper' with num_beams > 1")
-                return [dola, *steps]
-            penalties = 0
-            while penalties < len(steps) and isinstance(steps[penalties], (RepetitionPenalty, NoRepeatNGram)):
-                penalties += 1
-            return [*steps[:penalties], dola, *steps[penalties:]]
+            if self.dola_variant == "transformers" and num_beams > 1:
+                raise ValueError("dola_variant='transformers' reproduces transformers 4.55.2, which has no "
+                                 "DoLa beam search; use dola_variant='paper' with num_beams > 1")
+            return [DoLa.for_model(config, self.dola_layers, self.dola_variant, self.dola_alpha)]
         if self.entropy_decoding is not None:
             if config.num_hidden_layers < 2:
                 raise ValueError("entropy_decoding chooses among the layers, and this model has only one")
-            return [EntropyLayerChoice(tuple(steps), self.entropy_decoding, self.entropy_normalize,
+            return [EntropyLayerChoice(self.entropy_decoding, self.entropy_normalize,
                                        self.entropy_consistency_alpha, self.entropy_record_tokens,
                                        log_prob_inputs=num_beams > 1, num_hidden_layers=config.num_hidden_layers)]
-        return steps
+        return []
 
 
 def finish_layer_selection_records(records: dict[str, list], new_tokens: Sequence[torch.Tensor]) -> None:

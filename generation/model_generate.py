@@ -17,8 +17,8 @@ from typing import Any
 
 import torch
 
-from .api import generate, global_generator
-from .loop import GenerateOutput
+from .api import generate
+from .loop import GenerateOutput, global_generator
 
 
 def generate_like_transformers(model, inputs: torch.Tensor | None = None, *, input_ids: torch.Tensor | None = None,

@@ -1,146 +1,286 @@
-"""The options of `generate()`, with transformers' names, checked before any forward pass.
+"""The options of `generate()`, declared once: name, type, default, allowed range and help text.
 
-`GenerationOptions(**options)` checks each value on its own; `check_inputs` then checks them against the
-model and the prompt. Every bad value raises ValueError naming the argument and the allowed range.
-`build_logits_steps` turns the options into the ordered list of steps the decode loop runs.
+Each field of `GenerationOptions` (and of `LayerSelectionOptions`, generation/layer_selection.py) is written
+with `option(default, help, check=..., rule=...)`. From that one declaration come
+  * the checks: `GenerationOptions(**options)` checks each value on its own, before any forward pass, and a
+    bad value raises `OptionError` naming the option and its allowed range;
+  * the command line: scripts/generate.py makes one flag per option, same name (`--top-p` for `top_p`),
+    from `cli` and the help text (`option_flags`);
+  * the documentation: `options_help()` lists them for generate()'s docstring and `--help`.
+`check_inputs` then checks the options against the model and the prompt; `refuse_unsupported` holds every
+refusal of a combination a strategy cannot run; `build_logits_steps` turns the options into steps.
 """
 
 from __future__ import annotations
 
 import difflib
+import json
 import math
+import re
 import warnings
-from dataclasses import dataclass, fields
-from typing import Any, Sequence
+from dataclasses import dataclass, field, fields
+from typing import Any, Callable, Sequence
 
 import torch
 
 from .compiled import check_compilable
-from .steps import LogitsStep, MinP, NoRepeatNGram, RepetitionPenalty, Temperature, TopK, TopP, needs_hidden_states
+from .penalties import FrequencyPresencePenalty, MinNewTokens, NoRepeatNGram, RepetitionPenalty, SequenceBias, \
+    bad_words_biases
+from .steps import LogitsStep, StepNeeds
+from .warpers import EpsilonCutoff, EtaCutoff, MinP, Temperature, TopK, TopP, TypicalP
 
-def _is_int(value: Any) -> bool:
+SWITCH = "switch"  # a command-line flag without a value (True when given)
+
+
+class OptionError(ValueError):
+    """A bad option value or combination; `names` are the options it mentions (the CLI shows them as flags)."""
+
+    def __init__(self, message: str, *names: str):
+        super().__init__(message)
+        self.names = names
+
+    def for_command_line(self) -> str:
+        """The message with each option named as its flag: "top_p must be ..." -> "--top-p must be ..."."""
+        message = str(self)
+        for name in sorted(self.names, key=len, reverse=True):
+            message = re.sub(rf"(?<![-\w]){name}(=True)?\b", "--" + name.replace("_", "-"), message)
+        return message
+
+
+def option(default: Any, help: str, check: Callable[[Any], bool] | None = None, rule: str = "",
+           cli: Any = None, metavar: str | None = None, sampling_only: bool = False, api_only: str = "") -> Any:
+    """A dataclass field with its declaration. check(value) -> ok; rule completes "<name> must be ...";
+    cli parses the flag's text (SWITCH for a flag without a value); api_only says why an option has no flag."""
+    return field(default=default, metadata=dict(help=help, check=check, rule=rule, cli=cli, metavar=metavar,
+                                                sampling_only=sampling_only, api_only=api_only))
+
+
+# --------------------------------------------------------------------------- value checks, each with its rule
+def is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _is_number(value: Any) -> bool:
+def is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
-def _finite_note(value: Any) -> str:
+def is_bool(value: Any) -> bool:
+    return isinstance(value, bool)
+
+
+def int_at_least(low: int) -> Callable[[Any], bool]:
+    return lambda value: is_int(value) and value >= low
+
+
+def optional(check: Callable[[Any], bool]) -> Callable[[Any], bool]:
+    return lambda value: value is None or check(value)
+
+
+def number_in(low: float, high: float, low_open: bool = False, high_open: bool = False) -> Callable[[Any], bool]:
+    def check(value: Any) -> bool:
+        return is_number(value) and math.isfinite(value) and (low < value if low_open else low <= value) and \
+            (value < high if high_open else value <= high)
+    return check
+
+
+def finite_note(value: Any) -> str:
     """' (it must be finite)' for inf/nan, which pass a range check like `x >= 0` or break one silently."""
-    return " (it must be finite)" if _is_number(value) and not math.isfinite(value) else ""
+    return " (it must be finite)" if is_number(value) and not math.isfinite(value) else ""
 
 
+def token_ids(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and all(map(is_int, value))
+
+
+def json_value(text: str) -> Any:
+    """A flag's text as JSON: "[[5], [7, 8]]", "2", ..."""
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{text!r} is not valid JSON ({err.msg})") from None
+
+
+def early_stopping_value(text: str) -> bool | str:
+    choices = {"true": True, "false": False, "never": "never"}
+    if text.lower() not in choices:
+        raise ValueError(f"{text!r} is not true, false or never")
+    return choices[text.lower()]
+
+
+def sequence_bias_pairs(value: Any) -> list | None:
+    """sequence_bias as [(token ids, bias), ...]: from a dict {(ids...): bias} or a list [[ids, bias], ...]."""
+    pairs = list(value.items()) if isinstance(value, dict) else value
+    if not isinstance(pairs, (list, tuple)) or not pairs:
+        return None
+    for pair in pairs:
+        if not isinstance(pair, (list, tuple)) or len(pair) != 2:
+            return None
+        ids, bias = pair
+        if not isinstance(ids, (list, tuple)) or not ids or not all(is_int(t) and t >= 0 for t in ids) \
+                or not is_number(bias):
+            return None
+    return [(tuple(ids), float(bias)) for ids, bias in pairs]
+
+
+def nonempty_id_lists(value: Any) -> bool:
+    return isinstance(value, (list, tuple)) and len(value) > 0 and all(
+        isinstance(ids, (list, tuple)) and ids and all(is_int(t) and t >= 0 for t in ids) for ids in value)
+
+
+def stop_string_list(value: Any) -> bool:
+    strings = [value] if isinstance(value, str) else value
+    return isinstance(strings, (list, tuple)) and len(strings) > 0 and all(isinstance(s, str) and s for s in strings)
+
+
+def valid_regex(value: Any) -> bool:
+    if not isinstance(value, str) or not value:
+        return False
+    try:
+        re.compile(value)
+    except re.error:
+        return False
+    return True
+
+
+# --------------------------------------------------------------------------- the declaration
 @dataclass(frozen=True)
 class GenerationOptions:
-    """Every option of generate()/stream(). Defaults differ from transformers only where noted."""
+    """Every option of generate()/stream(), transformers' names. Defaults differ from transformers only where
+    the help text says so."""
 
-    max_new_tokens: int = 20
-    do_sample: bool = False
-    temperature: float = 1.0  # 0 with do_sample=True means greedy (the T -> 0 limit); transformers raises
-    top_k: int | None = None  # None or 0: off (transformers' default is 50 when sampling)
-    top_p: float = 1.0  # 1.0: off
-    min_p: float | None = None  # None: off
-    repetition_penalty: float = 1.0  # 1.0: off
-    no_repeat_ngram_size: int = 0  # 0: off
-    num_beams: int = 1
-    length_penalty: float = 1.0  # beam score = sum of log-probs / (generated length ** length_penalty)
-    early_stopping: bool | str = False  # True, False or "never" (see beam.py)
-    num_return_sequences: int = 1
-    eos_token_id: int | list[int] | None = None  # None: model.config.eos_token_id; []: no end token
-    pad_token_id: int | None = None  # None: model.config.pad_token_id, else the first eos id
-    stop_strings: str | list[str] | None = None  # matched on tokenizer.decode(generated tokens)
-    tokenizer: Any = None  # anything with .decode(list_of_ids) -> str
-    output_scores: bool = False
-    output_logits: bool = False  # keep each step's raw logits (transformers' output_logits)
-    generator: torch.Generator | None = None  # sampling draws only from it; None: a freshly seeded one
-    logits_steps: Sequence[LogitsStep] = ()  # your own steps, run after the penalties, before the warpers
-    compile: bool = False  # run the one-token step through torch.compile (generation/compiled.py)
+    max_new_tokens: int = option(20, "generate at most this many new tokens", int_at_least(1),
+                                 "an integer >= 1", cli=int, metavar="N")
+    min_new_tokens: int = option(0, "no end token before this many new tokens (0 = off)", int_at_least(0),
+                                 "an integer >= 0 (0 = off)", cli=int, metavar="N")
+    do_sample: bool = option(False, "sample tokens instead of taking the most likely one", is_bool,
+                             "True or False", cli=SWITCH)
+    temperature: float = option(1.0, "divide the logits by this (0 with do_sample means greedy; transformers "
+                                "raises there)", number_in(0, math.inf, high_open=True),
+                                "a number >= 0 (0 = greedy, 1 = unchanged)", cli=float, metavar="T",
+                                sampling_only=True)
+    top_k: int | None = option(None, "keep the k most likely tokens (None or 0 = off; transformers' default is "
+                               "50)", optional(int_at_least(0)), "an integer >= 0 (0 or None = off)", cli=int,
+                               metavar="K", sampling_only=True)
+    top_p: float = option(1.0, "nucleus: keep the smallest set of best tokens with mass >= p (1 = off)",
+                          number_in(0, 1, low_open=True), "in (0, 1] (1 = off)", cli=float, metavar="P",
+                          sampling_only=True)
+    min_p: float | None = option(None, "drop tokens below min_p x the top probability (None = off)",
+                                 optional(number_in(0, 1)), "in [0, 1] or None (off)", cli=float, metavar="P",
+                                 sampling_only=True)
+    typical_p: float = option(1.0, "locally typical sampling: keep the tokens closest to the entropy, mass "
+                              "typical_p (1 = off)", number_in(0, 1, low_open=True), "in (0, 1] (1 = off)",
+                              cli=float, metavar="P", sampling_only=True)
+    epsilon_cutoff: float = option(0.0, "drop tokens with probability below this (0 = off)",
+                                   number_in(0, 1, high_open=True), "in [0, 1) (0 = off)", cli=float,
+                                   metavar="E", sampling_only=True)
+    eta_cutoff: float = option(0.0, "eta sampling: drop tokens below min(eta, sqrt(eta) exp(-entropy)) (0 = off)",
+                               number_in(0, 1, high_open=True), "in [0, 1) (0 = off)", cli=float, metavar="E",
+                               sampling_only=True)
+    repetition_penalty: float = option(1.0, "> 1 discourages tokens already in the text (1 = off)",
+                                       number_in(0, math.inf, low_open=True, high_open=True),
+                                       "a number > 0 (1.0 = off, > 1 discourages repeats)", cli=float, metavar="X")
+    frequency_penalty: float = option(0.0, "subtract this x how often a token was generated (OpenAI's rule)",
+                                      number_in(-2, 2), "a number in [-2, 2] (0 = off)", cli=float, metavar="X")
+    presence_penalty: float = option(0.0, "subtract this from every token generated at least once (OpenAI's "
+                                     "rule)", number_in(-2, 2), "a number in [-2, 2] (0 = off)", cli=float,
+                                     metavar="X")
+    no_repeat_ngram_size: int = option(0, "never repeat an n-gram of this size (0 = off)", int_at_least(0),
+                                       "an integer >= 0 (0 = off)", cli=int, metavar="N")
+    bad_words_ids: list[list[int]] | None = option(None, "token sequences never to generate, e.g. [[5], [7, 8]]",
+                                                   optional(nonempty_id_lists), "a non-empty list of non-empty "
+                                                   "lists of token ids", cli=json_value, metavar="JSON")
+    sequence_bias: Any = option(None, "add a bias to the last token of each sequence, e.g. [[[7, 8], -3.0]] or "
+                                "{(7, 8): -3.0}", lambda v: v is None or sequence_bias_pairs(v) is not None,
+                                "a list of [token ids, bias] pairs (or a dict {(ids...): bias})", cli=json_value,
+                                metavar="JSON")
+    penalty_alpha: float | None = option(None, "contrastive search with top_k candidates: score = (1 - alpha) "
+                                         "p - alpha x max similarity to the context (None = off)",
+                                         optional(number_in(0, 1)), "in [0, 1] or None (off)", cli=float,
+                                         metavar="A")
+    num_beams: int = option(1, "beam search with this many beams (1 = off)", int_at_least(1),
+                            "an integer >= 1 (1 = no beam search)", cli=int, metavar="N")
+    length_penalty: float = option(1.0, "beam score = sum of log-probs / length ** length_penalty",
+                                   number_in(-math.inf, math.inf, True, True),
+                                   "a real number (0 = no length normalisation)", cli=float, metavar="X")
+    early_stopping: bool | str = option(False, "beam search: True, False or 'never' (see beam.py)",
+                                        lambda v: v is True or v is False or v == "never",
+                                        "True, False or 'never'", cli=early_stopping_value,
+                                        metavar="{true,false,never}")
+    num_return_sequences: int = option(1, "sequences per prompt (beam search or sampling)", int_at_least(1),
+                                       "an integer >= 1", cli=int, metavar="N")
+    eos_token_id: int | list[int] | None = option(None, "end token id(s); None = model.config's, [] = none",
+                                                  lambda v: v is None or is_int(v) or token_ids(v),
+                                                  "a token id (int), a list of them, [] for none, or None for "
+                                                  "the model config's", cli=json_value, metavar="JSON")
+    pad_token_id: int | None = option(None, "written after a row ends; None = config's, else the first end token",
+                                      optional(is_int), "a token id (int) or None", cli=int, metavar="ID")
+    stop_strings: str | list[str] | None = option(None, "end when the generated text contains one of these",
+                                                  optional(stop_string_list),
+                                                  "a non-empty string or a list of them", cli=str, metavar="TEXT")
+    stop_regex: str | None = option(None, "end when the generated text matches this regular expression",
+                                    optional(valid_regex), "a valid, non-empty regular expression (Python re)",
+                                    cli=str, metavar="REGEX")
+    stop_on_json: bool = option(False, "end once the generated text holds a complete JSON object or array",
+                                is_bool, "True or False", cli=SWITCH)
+    max_time: float | None = option(None, "end every row after this many seconds (None = no limit)",
+                                    optional(number_in(0, math.inf, low_open=True, high_open=True)),
+                                    "a number of seconds > 0 or None", cli=float, metavar="S")
+    stopping_criteria: Sequence[Callable] = option((), "your own rules: f(sequences (N, T)) -> (N,) bool tensor "
+                                                   "or bool, True = this row ends", lambda v: isinstance(
+                                                       v, (list, tuple)) and all(map(callable, v)),
+                                                   "a list of callables f(sequences) -> bool tensor",
+                                                   api_only="Python callables")
+    tokenizer: Any = option(None, "anything with .decode(list_of_ids) -> str (stop strings, regex, JSON)",
+                            api_only="the command line uses the model's tokenizer")
+    logprobs: bool = option(False, "return the log-probability of each chosen token (out.logprobs)", is_bool,
+                            "True or False", api_only="--show-logprobs prints them")
+    top_logprobs: int = option(0, "also return the n most likely alternatives at each position (0..20)",
+                               lambda v: is_int(v) and 0 <= v <= 20, "an integer in 0..20", cli=int, metavar="N")
+    output_scores: bool = option(False, "return each position's processed scores (out.scores)", is_bool,
+                                 "True or False", api_only="tensors; the command line prints text")
+    output_logits: bool = option(False, "return each position's raw logits (out.logits, transformers' "
+                                 "output_logits)", is_bool, "True or False",
+                                 api_only="tensors; the command line prints text")
+    generator: torch.Generator | None = option(None, "the only source of random draws; None: freshly seeded",
+                                               optional(lambda v: isinstance(v, torch.Generator)),
+                                               "a torch.Generator or None", api_only="--seed seeds it")
+    logits_steps: Sequence[LogitsStep] = option((), "your own steps, placed by their kind (generation/steps.py)",
+                                                lambda v: isinstance(v, (list, tuple)) and all(map(callable, v)),
+                                                "a list of callables step(scores, ctx) -> scores",
+                                                api_only="Python objects")
+    compile: bool = option(False, "run the one-token forward through torch.compile (generation/compiled.py)",
+                           is_bool, "True or False", cli=SWITCH)
 
     def __post_init__(self) -> None:
-        self._check_lengths_and_beams()
-        self._check_distribution_options()
-        self._check_tokens_and_steps()
+        for f in fields(self):
+            check_declared(f, getattr(self, f.name))
+        self._check_combinations()
 
     @property
     def sampling(self) -> bool:
         """Whether tokens are drawn at random (temperature 0 turns sampling into greedy)."""
         return self.do_sample and self.temperature > 0
 
-    def _check_lengths_and_beams(self) -> None:
-        if not _is_int(self.max_new_tokens) or self.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be an integer >= 1, got {self.max_new_tokens!r}")
-        if not _is_int(self.num_beams) or self.num_beams < 1:
-            raise ValueError(f"num_beams must be an integer >= 1 (1 = no beam search), got {self.num_beams!r}")
-        if not _is_int(self.num_return_sequences) or self.num_return_sequences < 1:
-            raise ValueError(f"num_return_sequences must be an integer >= 1, got {self.num_return_sequences!r}")
+    def _check_combinations(self) -> None:
         if self.num_beams > 1 and self.num_return_sequences > self.num_beams:
-            raise ValueError(f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams "
-                             f"({self.num_beams}): beam search returns its best num_beams hypotheses at most")
+            raise OptionError(f"num_return_sequences ({self.num_return_sequences}) must be <= num_beams "
+                              f"({self.num_beams}): beam search returns its best num_beams hypotheses at most",
+                              "num_return_sequences", "num_beams")
         if self.num_beams == 1 and self.num_return_sequences > 1 and not self.sampling:
-            raise ValueError(f"num_return_sequences={self.num_return_sequences} needs do_sample=True or num_beams "
-                             ">= num_return_sequences: greedy decoding would return identical copies")
-        if not _is_number(self.length_penalty) or not math.isfinite(self.length_penalty):
-            raise ValueError(f"length_penalty must be a real number (0 = no length normalisation), "
-                             f"got {self.length_penalty!r}{_finite_note(self.length_penalty)}")
-        if not (self.early_stopping is True or self.early_stopping is False or self.early_stopping == "never"):
-            raise ValueError(f"early_stopping must be True, False or 'never', got {self.early_stopping!r}")
-        if not isinstance(self.do_sample, bool):
-            raise ValueError(f"do_sample must be True or False, got {self.do_sample!r}")
-
-    def _check_distribution_options(self) -> None:
-        if not _is_number(self.temperature) or not 0 <= self.temperature < math.inf:
-            raise ValueError(f"temperature must be a number >= 0 (0 = greedy, 1 = unchanged), "
-                             f"got {self.temperature!r}{_finite_note(self.temperature)}")
-        if self.top_k is not None and (not _is_int(self.top_k) or self.top_k < 0):
-            raise ValueError(f"top_k must be an integer >= 0 (0 or None = off), got {self.top_k!r}")
-        if not _is_number(self.top_p) or not 0 < self.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1] (1 = off), got {self.top_p!r}")
-        if self.min_p is not None and (not _is_number(self.min_p) or not 0 <= self.min_p <= 1):
-            raise ValueError(f"min_p must be in [0, 1] or None (off), got {self.min_p!r}")
-        if not _is_number(self.repetition_penalty) or not 0 < self.repetition_penalty < math.inf:
-            raise ValueError(f"repetition_penalty must be a number > 0 (1.0 = off, > 1 discourages repeats), "
-                             f"got {self.repetition_penalty!r}{_finite_note(self.repetition_penalty)}")
-        if not _is_int(self.no_repeat_ngram_size) or self.no_repeat_ngram_size < 0:
-            raise ValueError(f"no_repeat_ngram_size must be an integer >= 0 (0 = off), "
-                             f"got {self.no_repeat_ngram_size!r}")
-        warpers = {"temperature": self.temperature != 1.0, "top_k": bool(self.top_k), "top_p": self.top_p < 1.0,
-                   "min_p": self.min_p is not None}
-        if not self.do_sample and any(warpers.values()):
-            names = ", ".join(name for name, is_set in warpers.items() if is_set)
-            warnings.warn(f"{names} only shape the distribution tokens are sampled from; with do_sample=False they "
-                          "are ignored (as in transformers). Pass do_sample=True to use them.", UserWarning)
-
-    def _check_tokens_and_steps(self) -> None:
-        if self.stop_strings is not None:
-            strings = [self.stop_strings] if isinstance(self.stop_strings, str) else self.stop_strings
-            if not isinstance(strings, (list, tuple)) or not strings or \
-                    not all(isinstance(s, str) and s for s in strings):
-                raise ValueError(f"stop_strings must be a non-empty string or a list of them, "
-                                 f"got {self.stop_strings!r}")
-            if not callable(getattr(self.tokenizer, "decode", None)):
-                raise ValueError("stop_strings are matched on decoded text: pass tokenizer=... (any object with "
-                                 ".decode(list_of_ids) -> str)")
-        if self.generator is not None and not isinstance(self.generator, torch.Generator):
-            raise ValueError(f"generator must be a torch.Generator or None, got {type(self.generator).__name__}")
-        if not isinstance(self.logits_steps, (list, tuple)) or not all(callable(step) for step in self.logits_steps):
-            raise ValueError("logits_steps must be a list of callables step(scores, ctx) -> scores, "
-                             f"got {self.logits_steps!r}")
-        for name in ("output_scores", "output_logits"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
-        if not isinstance(self.compile, bool):
-            raise ValueError(f"compile must be True or False, got {self.compile!r}")
-        self._check_token_id_types()
-
-    def _check_token_id_types(self) -> None:
-        """eos_token_id: an id or a list of ids; pad_token_id: an id. The vocabulary range is checked later."""
-        eos = self.eos_token_id
-        if eos is not None and not _is_int(eos) and not (isinstance(eos, (list, tuple)) and all(map(_is_int, eos))):
-            raise ValueError(f"eos_token_id must be a token id (int), a list of them, [] for none, or None for "
-                             f"the model config's, got {eos!r}")
-        if self.pad_token_id is not None and not _is_int(self.pad_token_id):
-            raise ValueError(f"pad_token_id must be a token id (int) or None, got {self.pad_token_id!r}")
+            raise OptionError(f"num_return_sequences={self.num_return_sequences} needs do_sample=True or "
+                              "num_beams >= num_return_sequences: greedy decoding would return identical copies",
+                              "num_return_sequences", "do_sample", "num_beams")
+        if (self.stop_strings is not None or self.stop_regex is not None or self.stop_on_json) and \
+                not callable(getattr(self.tokenizer, "decode", None)):
+            raise OptionError("stop_strings, stop_regex and stop_on_json are matched on decoded text: pass "
+                              "tokenizer=... (any object with .decode(list_of_ids) -> str)",
+                              "stop_strings", "stop_regex", "stop_on_json")
+        unused = [f.name for f in fields(self) if f.metadata["sampling_only"] and getattr(self, f.name) != f.default
+                  and not (f.name == "top_k" and self.penalty_alpha is not None)]  # contrastive search's k
+        if not self.do_sample and unused:
+            warnings.warn(f"{', '.join(unused)} only shape the distribution tokens are sampled from; with "
+                          "do_sample=False they are ignored (as in transformers). Pass do_sample=True to use them.",
+                          UserWarning)
 
     def stop_string_list(self) -> list[str]:
         if self.stop_strings is None:
@@ -152,7 +292,7 @@ class GenerationOptions:
         eos = self.eos_token_id if self.eos_token_id is not None else config.eos_token_id
         if eos is None:
             return []
-        return [eos] if _is_int(eos) else list(eos)
+        return [eos] if is_int(eos) else list(eos)
 
     def resolved_pad_token_id(self, config) -> int | None:
         """Written after a sequence ends: the argument, else config.pad_token_id, else the first eos id."""
@@ -164,9 +304,32 @@ class GenerationOptions:
         return eos[0] if eos else None
 
 
+def check_declared(f, value: Any) -> None:
+    """One field's value against its declared check; the message names the option and the rule."""
+    check = f.metadata.get("check")
+    if check is not None and not check(value):
+        raise OptionError(f"{f.name} must be {f.metadata['rule']}, got {value!r}{finite_note(value)}", f.name)
+
+
+def option_fields() -> list:
+    """Every declared option: GenerationOptions' fields, then the layer-selection ones."""
+    from .layer_selection import LayerSelectionOptions
+
+    return [*fields(GenerationOptions), *fields(LayerSelectionOptions)]
+
+
+def options_help() -> str:
+    """One line per option, for generate()'s docstring and the command line's --help."""
+    lines = []
+    for f in option_fields():
+        default = "()" if f.default == () else repr(f.default)
+        lines.append(f"    {f.name} = {default}: {f.metadata['help']}")
+    return "\n".join(lines)
+
+
 def check_option_names(options: dict[str, Any]) -> None:
     """Refuse a misspelt or unknown option by name (the dataclass alone would say 'unexpected keyword')."""
-    known = [f.name for f in fields(GenerationOptions)]
+    known = [f.name for f in option_fields()]
     for name in options:
         if name == "max_length":
             raise TypeError("unknown generation option 'max_length': transformers' max_length counts the prompt "
@@ -181,46 +344,46 @@ def check_option_names(options: dict[str, Any]) -> None:
                             "GenerationOptions (generation/options.py) and the layer-selection ones.")
 
 
-def build_logits_steps(options: GenerationOptions, num_eos: int) -> list[LogitsStep]:
-    """The steps in transformers' order: penalties, your logits_steps, then (when sampling) the warpers.
+# --------------------------------------------------------------------------- options -> steps
+def build_logits_steps(options: GenerationOptions, eos_token_ids: list[int]) -> list[LogitsStep]:
+    """The steps the options ask for, in transformers' order within each kind (order_steps then sorts by kind):
+    sequence_bias, repetition_penalty, frequency/presence, no_repeat_ngram_size, bad_words_ids, min_new_tokens,
+    your logits_steps, then (when sampling) temperature, top_k, top_p, min_p, typical_p, epsilon, eta.
 
-    With beam sampling the filters keep at least num_eos + 1 tokens, so some beam can always continue.
+    With beam sampling the filters keep at least len(eos) + 1 tokens, so some beam can always continue.
     """
-    builtin = _builtin_kinds(options)
-    for step in options.logits_steps:
-        if type(step) in builtin:
-            raise ValueError(f"{type(step).__name__} is both in logits_steps and set by option "
-                             f"'{builtin[type(step)]}'; give it once")
-    steps: list[LogitsStep] = []
-    if options.repetition_penalty != 1.0:
-        steps.append(RepetitionPenalty(float(options.repetition_penalty)))
-    if options.no_repeat_ngram_size > 0:
-        steps.append(NoRepeatNGram(options.no_repeat_ngram_size))
-    steps.extend(options.logits_steps)
-    if options.sampling:
-        keep = max(num_eos + 1, 2) if options.num_beams > 1 else 1
-        if options.temperature != 1.0:
-            steps.append(Temperature(float(options.temperature)))
-        if options.top_k:
-            steps.append(TopK(options.top_k, keep))
-        if options.top_p < 1.0:
-            steps.append(TopP(float(options.top_p), keep))
-        if options.min_p is not None:
-            steps.append(MinP(float(options.min_p), keep))
-    return steps
+    o = options
+    penalties = [
+        (o.sequence_bias is not None, lambda: SequenceBias(tuple(sequence_bias_pairs(o.sequence_bias)))),
+        (o.repetition_penalty != 1.0, lambda: RepetitionPenalty(float(o.repetition_penalty))),
+        (o.frequency_penalty != 0 or o.presence_penalty != 0,
+         lambda: FrequencyPresencePenalty(float(o.frequency_penalty), float(o.presence_penalty))),
+        (o.no_repeat_ngram_size > 0, lambda: NoRepeatNGram(o.no_repeat_ngram_size)),
+        (o.bad_words_ids is not None, lambda: SequenceBias(bad_words_biases(o.bad_words_ids, eos_token_ids))),
+        (o.min_new_tokens > 0 and eos_token_ids, lambda: MinNewTokens(o.min_new_tokens, tuple(eos_token_ids))),
+    ]
+    keep = max(len(eos_token_ids) + 1, 2) if o.num_beams > 1 else 1
+    warpers = [
+        (o.temperature != 1.0, lambda: Temperature(float(o.temperature))),
+        (bool(o.top_k), lambda: TopK(o.top_k, keep)),
+        (o.top_p < 1.0, lambda: TopP(float(o.top_p), keep)),
+        (o.min_p is not None, lambda: MinP(float(o.min_p), keep)),
+        (o.typical_p < 1.0, lambda: TypicalP(float(o.typical_p), keep)),
+        (o.epsilon_cutoff > 0, lambda: EpsilonCutoff(float(o.epsilon_cutoff), keep)),
+        (o.eta_cutoff > 0, lambda: EtaCutoff(float(o.eta_cutoff), keep)),
+    ]
+    steps = [make() for wanted, make in penalties if wanted]
+    if o.sampling:
+        steps += [make() for wanted, make in warpers if wanted]
+    given = {type(step) for step in steps}
+    for step in o.logits_steps:
+        if type(step) in given:
+            raise OptionError(f"{type(step).__name__} is both in logits_steps and set by an option; give it once",
+                              "logits_steps")
+    return [*steps, *o.logits_steps]
 
 
-def _builtin_kinds(options: GenerationOptions) -> dict[type, str]:
-    """Step classes that the options already put in the list (to refuse a second copy)."""
-    kinds = {RepetitionPenalty: options.repetition_penalty != 1.0, NoRepeatNGram: options.no_repeat_ngram_size > 0,
-             Temperature: options.sampling and options.temperature != 1.0,
-             TopK: options.sampling and bool(options.top_k), TopP: options.sampling and options.top_p < 1.0,
-             MinP: options.sampling and options.min_p is not None}
-    names = {RepetitionPenalty: "repetition_penalty", NoRepeatNGram: "no_repeat_ngram_size",
-             Temperature: "temperature", TopK: "top_k", TopP: "top_p", MinP: "min_p"}
-    return {kind: names[kind] for kind, is_set in kinds.items() if is_set}
-
-
+# --------------------------------------------------------------------------- against the model and the prompt
 def check_inputs(options: GenerationOptions, model, input_ids: Any, attention_mask: Any) -> None:
     """Check the prompt and the token ids against the model, before any forward pass."""
     config = model.config
@@ -238,21 +401,29 @@ def check_inputs(options: GenerationOptions, model, input_ids: Any, attention_ma
                          "was the prompt encoded with this model's tokenizer?")
     total = input_ids.shape[1] + options.max_new_tokens
     if total > config.max_position_embeddings:
-        raise ValueError(f"prompt length ({input_ids.shape[1]}) + max_new_tokens ({options.max_new_tokens}) = {total} "
-                         f"exceeds max_position_embeddings ({config.max_position_embeddings}); shorten the prompt "
-                         "or lower max_new_tokens")
+        raise OptionError(f"prompt length ({input_ids.shape[1]}) + max_new_tokens ({options.max_new_tokens}) = "
+                          f"{total} exceeds max_position_embeddings ({config.max_position_embeddings}); shorten the "
+                          "prompt or lower max_new_tokens", "max_new_tokens")
     _check_attention_mask(attention_mask, input_ids)
-    for name, ids in (("eos_token_id", options.eos_token_ids(config)), ("pad_token_id", [options.pad_token_id])):
-        for token in ids:
-            if token is not None and (not _is_int(token) or not 0 <= token < config.vocab_size):
-                raise ValueError(f"{name} {token!r} is outside the vocabulary [0, {config.vocab_size})")
+    _check_token_ids(options, config)
     rows = input_ids.shape[0] * max(options.num_return_sequences, 1)
     if options.resolved_pad_token_id(config) is None and (rows > 1 or options.num_beams > 1):
-        raise ValueError("pad_token_id is needed to fill finished sequences of a batch, and neither the argument, "
-                         "config.pad_token_id nor an eos id gives one: pass pad_token_id=...")
+        raise OptionError("pad_token_id is needed to fill finished sequences of a batch, and neither the argument, "
+                          "config.pad_token_id nor an eos id gives one: pass pad_token_id=...", "pad_token_id")
     if options.generator is not None and options.generator.device.type != model.device.type:
         raise ValueError(f"generator is on {options.generator.device} but the model on {model.device}: "
                          f"create it with torch.Generator(device='{model.device.type}')")
+
+
+def _check_token_ids(options: GenerationOptions, config) -> None:
+    """Every token id an option names lies in the vocabulary."""
+    named = [("eos_token_id", options.eos_token_ids(config)), ("pad_token_id", [options.pad_token_id])]
+    named += [("bad_words_ids", [t for ids in options.bad_words_ids or () for t in ids])]
+    named += [("sequence_bias", [t for ids, _ in sequence_bias_pairs(options.sequence_bias) or () for t in ids])]
+    for name, ids in named:
+        for token in ids:
+            if token is not None and (not is_int(token) or not 0 <= token < config.vocab_size):
+                raise OptionError(f"{name} {token!r} is outside the vocabulary [0, {config.vocab_size})", name)
 
 
 def _check_attention_mask(attention_mask: Any, input_ids: torch.Tensor) -> None:
@@ -270,11 +441,58 @@ def _check_attention_mask(attention_mask: Any, input_ids: torch.Tensor) -> None:
         raise ValueError("a row of attention_mask is all padding: every prompt needs at least one real token")
 
 
-def check_compile_option(options: GenerationOptions, steps: Sequence[LogitsStep], model) -> None:
-    """compile=True runs a fixed graph that returns the final logits of one token per row (generation/compiled.py)."""
-    if not options.compile:
-        return
-    if needs_hidden_states(steps):
-        raise ValueError("compile=True returns only the final logits, and a step here reads every layer's hidden "
-                         "state (DoLa, entropy decoding, or one of your logits_steps): leave compile off")
-    check_compilable(model)
+# --------------------------------------------------------------------------- what each strategy cannot run
+def refuse_unsupported(options: GenerationOptions, needs: StepNeeds, model, input_ids: torch.Tensor,
+                       attention_mask: torch.Tensor | None, mode: str) -> None:
+    """Every refusal of a combination, in one place. mode: "generate", "stream", "assisted" (speculative
+    decoding and hybrid routing: one prompt, two models). model None: only the checks that need no weights."""
+    o = options
+    beams, contrastive = o.num_beams > 1, o.penalty_alpha is not None
+    refusals = [
+        (mode == "stream" and beams, "stream() needs num_beams=1: beam search only knows its best sequence at the "
+         "end; use generate() for beam search", ("num_beams",)),
+        (mode == "stream" and o.num_return_sequences != 1, "stream() returns one sequence per prompt: use "
+         "num_return_sequences=1", ("num_return_sequences",)),
+        (mode == "stream" and contrastive, "stream() runs greedy or sampled decoding; contrastive search "
+         "(penalty_alpha) runs in generate()", ("penalty_alpha",)),
+        (contrastive and (beams or o.do_sample), "penalty_alpha (contrastive search) is a deterministic "
+         "search of its own: use it without num_beams > 1 and without do_sample", ("penalty_alpha", "num_beams",
+                                                                                   "do_sample")),
+        (contrastive and not (o.top_k or 0) > 1, "penalty_alpha (contrastive search) re-ranks the top_k most likely "
+         "tokens: give top_k > 1 (4 to 10 in the paper)", ("penalty_alpha", "top_k")),
+        (contrastive and needs.hidden_states, "contrastive search compares the last layer's states; a step here "
+         "replaces the distribution by other layers' (DoLa, entropy decoding): use one of them", ("penalty_alpha",)),
+        ((o.logprobs or o.top_logprobs) and beams, "logprobs / top_logprobs are per chosen token; beam search "
+         "scores whole sequences (out.sequences_scores)", ("logprobs", "top_logprobs", "num_beams")),
+        (o.compile and needs.hidden_states, "compile=True returns only the final logits, and a step here reads "
+         "every layer's hidden state (DoLa, entropy decoding, or one of your logits_steps): leave compile off",
+         ("compile",)),
+        (o.compile and (contrastive or mode == "assisted"), "compile=True compiles generate()'s one-token "
+         "forward; contrastive search, speculative decoding and hybrid routing run their own: leave compile off",
+         ("compile", "penalty_alpha")),
+    ]
+    for refused, message, names in refusals:
+        if refused:
+            raise OptionError(message, *names)
+    if mode == "assisted":
+        _refuse_for_two_models(options, needs, input_ids, attention_mask)
+    if o.compile and model is not None:
+        check_compilable(model)
+
+
+def _refuse_for_two_models(options: GenerationOptions, needs: StepNeeds, input_ids: torch.Tensor,
+                           attention_mask: torch.Tensor | None) -> None:
+    if input_ids.shape[0] != 1 or (attention_mask is not None and not bool(attention_mask.all())):
+        raise ValueError(f"speculative decoding and hybrid routing take one unpadded prompt, input_ids of shape "
+                         f"(1, T); got {tuple(input_ids.shape)}" + (" with padding" if attention_mask is not None
+                                                                    else "") + ": call once per prompt")
+    if options.num_beams != 1 or options.num_return_sequences != 1 or options.penalty_alpha is not None:
+        raise OptionError("speculative decoding and hybrid routing produce one sequence: use num_beams=1, "
+                          "num_return_sequences=1 and no penalty_alpha", "num_beams", "num_return_sequences",
+                          "penalty_alpha")
+    if needs.hidden_states:
+        raise ValueError("a logits step needs the hidden states (DoLa / entropy layer choice); speculative "
+                         "decoding and hybrid routing feed several positions at once and do not support it")
+    if options.logprobs or options.top_logprobs:
+        raise OptionError("logprobs / top_logprobs come from generate() and stream(); speculative decoding and "
+                          "hybrid routing do not return them", "logprobs", "top_logprobs")

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from .layer_selection import LayerSelectionOptions
-from .steps import StepContext, apply_logits_steps
+from .steps import StepContext, combined_needs, order_steps, run_steps
 
 # A token outside DoLa's plausible set V_head has probability 0; summing log 0 = -inf would make every such
 # choice tie. DoLa's own evaluation code scores it with this floor instead (its `relative_top_value`).
@@ -52,13 +52,13 @@ def continuation_log_probs(model, prompt_ids: Sequence[int], continuations: Sequ
     """
     methods = {"plain": {}} if methods is None else methods
     builders = {name: LayerSelectionOptions(**options) for name, options in methods.items()}  # checked first
-    steps = {name: b.place_steps([], model.config, 1) for name, b in builders.items()}
+    steps = {name: order_steps(b.steps(model.config, 1)) for name, b in builders.items()}
     pad = model.config.pad_token_id if model.config.pad_token_id is not None else 0
     ids, mask = left_padded_choices(prompt_ids, continuations, pad)
     ids, mask = ids.to(model.device), mask.to(model.device)
     n, T = ids.shape
     C = max(len(c) for c in continuations)
-    hidden = any(getattr(s, "needs_hidden_states", False) for method in steps.values() for s in method)
+    hidden = any(combined_needs(method).hidden_states for method in steps.values())
     # Keep C + 1 positions; the first C of them predict the last C tokens of each row.
     out = model(ids, attention_mask=mask, output_hidden_states=hidden, logits_to_keep=C + 1)
     logits = out.logits[:, :-1].float().reshape(n * C, -1)  # (P = n * C, V): positions as rows
@@ -71,7 +71,7 @@ def continuation_log_probs(model, prompt_ids: Sequence[int], continuations: Sequ
     ctx = StepContext(ids.repeat_interleave(C, dim=0), T, logits, hidden_states, model, generator, 0, {})
     result = {}
     for name, method_steps in steps.items():
-        log_probs = apply_logits_steps(method_steps, logits, ctx).log_softmax(-1)  # (P, V)
+        log_probs = run_steps(method_steps, logits, ctx).log_softmax(-1)  # (P, V)
         picked = log_probs.gather(1, targets.reshape(-1, 1)).view(n, C).clamp(min=MASKED_LOG_PROB)
         result[name] = torch.where(valid, picked, torch.zeros_like(picked))
     return result

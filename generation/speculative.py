@@ -31,7 +31,7 @@ from cache import DynamicCache
 from .assisted import AssistedOutput, append_until_stop, prepare_one_prompt, process_positions, token_budget
 from .drafting import EarlyExitDrafter, ModelDrafter, catch_up, feed
 from .loop import reason_names
-from .steps import select_greedy, select_sample
+from .steps import choose_token, select_greedy
 from .stopping import RUNNING
 
 SCHEDULES = ("constant", "heuristic")
@@ -123,7 +123,7 @@ def check_speculative_arguments(draft: Any, num_draft_tokens: Any, schedule: Any
         raise ValueError(f"num_draft_tokens_schedule must be one of {SCHEDULES}, got {schedule!r}")
 
 
-def propose(drafter, sequence: torch.Tensor, gamma: int, steps: list, select, prompt_length: int,
+def propose(drafter, sequence: torch.Tensor, gamma: int, steps: list, sampling: bool, prompt_length: int,
             generator: torch.Generator | None) -> tuple[torch.Tensor, torch.Tensor]:
     """The draft's gamma tokens, one at a time. sequence (1, n) -> (tokens (gamma,), processed scores (gamma, V))."""
     tokens, scores = [], []
@@ -132,7 +132,7 @@ def propose(drafter, sequence: torch.Tensor, gamma: int, steps: list, select, pr
         logits = drafter.next_logits(candidate)[None]  # (1, V)
         processed = process_positions(steps, logits, candidate, candidate.shape[1], prompt_length, drafter.model,
                                       generator)
-        token = select(processed, generator)  # (1,)
+        token = choose_token(processed, sampling, generator)  # (1,)
         candidate = torch.cat([candidate, token[:, None]], dim=1)
         tokens.append(token)
         scores.append(processed)
@@ -168,13 +168,12 @@ def speculative_generate(target, draft, input_ids: torch.Tensor, attention_mask:
     opts, steps, stop, generator = prepare_one_prompt(target, others, input_ids, attention_mask, options)
     cache = DynamicCache()
     drafter = EarlyExitDrafter(target, draft, cache) if self_speculative else ModelDrafter(draft)
-    select = select_sample if opts.sampling else select_greedy
     stats, prompt_length, gamma = SpeculativeStats(), input_ids.shape[1], num_draft_tokens
     sequence, reason, start = input_ids, RUNNING, time.perf_counter()
     while reason == RUNNING:
         stats.target_forward_passes += catch_up(target, cache, sequence[:, :-1])  # the prompt, on the first round
         drafted = min(gamma, token_budget(opts, sequence, prompt_length) - 1)  # leave room for the target's token
-        drafts, draft_scores = propose(drafter, sequence, drafted, steps, select, prompt_length, generator)
+        drafts, draft_scores = propose(drafter, sequence, drafted, steps, opts.sampling, prompt_length, generator)
         drafter.before_verify(sequence.shape[1])
         target_scores = verify(target, cache, sequence, drafts, steps, prompt_length, generator)
         if opts.sampling:

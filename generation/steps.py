@@ -1,61 +1,183 @@
-"""Logits steps: each one reshapes the next-token scores, (B, V) float32 in, (B, V) float32 out.
+"""The logits-step protocol: what a step is, what it may ask the loop for, and where it runs.
 
-Every idea is written twice, on purpose:
-  * a pure function with the formula (`top_p_filter(scores, top_p)`) for reading and reuse, and
-  * a small step object (`TopP(0.9)`) with the signature the decode loop calls: `step(scores, ctx)`.
+A *logits step* reshapes the next-token scores: `step(scores, ctx) -> scores`, (B, V) float32 in and out.
+A step class subclasses `LogitsStep` and declares two things, once:
 
-The semantics are those of transformers 4.55.2's logits processors (tests hold them to <= 1e-5):
-filters set removed tokens to -inf and never renormalise; the sampler's softmax does that.
+    kind   where it runs, in this order:  raw_contrast -> penalty -> contrast -> custom -> warper
+           ("layer_selection" is apart: it runs alone and gets the other steps, see below)
+    needs  a `StepNeeds`: every layer's hidden states, which early-exit layers the loop should head
+           together with the final position, with the final norm or not
+
+The loop reads only these two declarations; a misspelt or contradictory one is an error when the class is
+defined or the call is prepared, never silently ignored. A plain function `f(scores, ctx)` is a step of
+kind "custom" with no needs.
+
+penalties.py and warpers.py hold the built-in steps; dola.py (a contrast), entropy.py (a layer selection).
 """
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import torch
 
-NEG_INF = float("-inf")
+# Where a step runs, in transformers' order: its DoLa contrasts the raw logits before any processor
+# ("raw_contrast"), the penalties look at the history, the paper's DoLa contrasts the penalised logits, then
+# your own steps (where transformers runs a custom logits_processor), then the warpers that only shape the
+# distribution a token is sampled from.
+STEP_ORDER = ("raw_contrast", "penalty", "contrast", "custom", "warper")
+# A layer-selection step (entropy.py) reads each layer's early exit through the other steps and returns the
+# chosen layer's scores: the loop runs it alone, with the other steps in ctx.layer_steps.
+LAYER_SELECTION = "layer_selection"
+STEP_KINDS = (*STEP_ORDER, LAYER_SELECTION)
+# Attribute names that once declared needs by duck typing; a step that still sets one is told what to write.
+OLD_DECLARATIONS = ("needs_hidden_states", "early_exit_layers", "early_exit_norm")
 
 
-# --------------------------------------------------------------------------- the context every step receives
+@dataclass(frozen=True)
+class StepNeeds:
+    """What a step needs from the forward pass besides the final logits.
+
+    hidden_states: ctx.hidden_states, every layer's (B, 1, H) output (embeddings first, before the final norm).
+    early_exit_layers: the loop has the model head these layers in the same matmul as the final position and
+        hands them over as ctx.early_exit_logits (L, B, V) (DoLa, entropy); needs hidden_states.
+    early_exit_norm: whether those layers go through the final norm first (False: transformers' DoLa).
+    """
+
+    hidden_states: bool = False
+    early_exit_layers: tuple[int, ...] = ()
+    early_exit_norm: bool = True
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.hidden_states, bool) or not isinstance(self.early_exit_norm, bool):
+            raise TypeError(f"StepNeeds: hidden_states and early_exit_norm must be True or False, got {self}")
+        layers = self.early_exit_layers
+        if not isinstance(layers, tuple) or not all(isinstance(j, int) and not isinstance(j, bool) and j >= 0
+                                                    for j in layers):
+            raise TypeError(f"StepNeeds: early_exit_layers must be a tuple of layer numbers >= 0, got {layers!r}")
+        if layers and not self.hidden_states:
+            raise ValueError("StepNeeds: early_exit_layers are read from the hidden states; declare "
+                             "StepNeeds(hidden_states=True, early_exit_layers=...)")
+        if not layers and not self.early_exit_norm:
+            raise ValueError("StepNeeds: early_exit_norm=False says how early-exit layers are headed, and no "
+                             "early_exit_layers are declared")
+
+
+NO_NEEDS = StepNeeds()
+
+
 @dataclass
 class StepContext:
-    """What the loop knows when it chooses token number `step` (read-only, except `records`)."""
+    """What the loop knows when it chooses token number `position` (read-only, except `records`)."""
 
     input_ids: torch.Tensor  # (B, T) every token so far: left padding + prompt + generated (+ pads after end)
     prompt_length: int  # T of the (padded) prompt: input_ids[:, prompt_length:] are the generated tokens
     logits: torch.Tensor  # (B, V) float32: the model's raw logits at the last position, before any step
-    hidden_states: tuple[torch.Tensor, ...] | None  # (B, 1, H) per layer, only if a step needs_hidden_states
+    hidden_states: tuple[torch.Tensor, ...] | None  # (B, 1, H) per layer, only if a step's needs say so
     model: Any  # the CausalLM, e.g. for model.early_exit_logits(ctx.hidden_states, layers)
     generator: torch.Generator | None  # the only source of randomness a step may use
-    step: int  # 0 for the first new token
+    position: int  # index of the token being chosen: 0 for the first new token
     records: dict[str, list] = field(default_factory=dict)  # becomes GenerateOutput.records
-    # (L, B, V): the head on the layers a step asked for with `early_exit_layers` (see early_exit_request),
-    # computed by the model together with `logits`; None when the loop did not (then the step computes them).
+    # (L, B, V): the head on the layers the steps' needs named, computed with `logits`; None when the loop did
+    # not (beam search, scoring): then the step computes them from hidden_states.
     early_exit_logits: torch.Tensor | None = None
+    # For a layer-selection step: the steps to run on each layer's scores (the loop's other steps, in order).
+    layer_steps: tuple = ()
 
     def record(self, name: str, value: Any) -> None:
-        """Append this step's `value` to output.records[name] (one entry per decode step)."""
+        """Append this position's `value` to output.records[name] (one entry per generated token)."""
         self.records.setdefault(name, []).append(value)
 
 
-LogitsStep = Callable[[torch.Tensor, StepContext], torch.Tensor]
+class LogitsStep:
+    """Base class of a logits step. Set `kind` (one of STEP_KINDS) and `needs` (a StepNeeds) on the class, or
+    as properties when they depend on the instance, and write `__call__(scores, ctx) -> scores`."""
+
+    kind: ClassVar[str] = "custom"
+    needs: ClassVar[StepNeeds] = NO_NEEDS
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        for name in vars(cls):
+            if name.startswith("_") or name in ("kind", "needs"):
+                continue
+            close = difflib.get_close_matches(name, ["kind", "needs"], n=1, cutoff=0.75)
+            if name in OLD_DECLARATIONS or close:
+                hint = f"did you mean {close[0]!r}? " if close else ""
+                raise TypeError(f"{cls.__name__}.{name}: {hint}a step declares where it runs with `kind` "
+                                f"(one of {STEP_KINDS}) and what it needs with `needs = StepNeeds(...)`")
+        if "kind" in vars(cls) and not isinstance(vars(cls)["kind"], property):
+            check_kind(cls.__name__, cls.kind)
+
+    def __call__(self, scores: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        raise NotImplementedError(f"{type(self).__name__} must define __call__(scores, ctx) -> scores")
 
 
-def early_exit_request(steps: Sequence[LogitsStep]) -> tuple[tuple[int, ...], bool] | None:
-    """(layers, with final norm) of the first step declaring `early_exit_layers`: the loop then has the model
-    put those layers through the head in the same matmul as the final position (ctx.early_exit_logits)."""
-    for step in steps:
-        layers = getattr(step, "early_exit_layers", None)
-        if layers:
-            return tuple(layers), bool(getattr(step, "early_exit_norm", True))
-    return None
+def check_kind(name: str, kind: Any) -> None:
+    if kind not in STEP_KINDS:
+        close = difflib.get_close_matches(str(kind), STEP_KINDS, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(f"{name}.kind must be one of {STEP_KINDS}, got {kind!r}{hint}")
 
 
-def needs_hidden_states(steps: Sequence[LogitsStep]) -> bool:
-    """True if any step declares `needs_hidden_states = True` (then the loop asks the model for them)."""
-    return any(getattr(step, "needs_hidden_states", False) for step in steps)
+@dataclass(frozen=True)
+class FunctionStep(LogitsStep):
+    """A plain function `f(scores, ctx) -> scores` as a step of kind "custom" with no needs."""
+
+    function: Callable[[torch.Tensor, StepContext], torch.Tensor]
+
+    def __call__(self, scores: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+        return self.function(scores, ctx)
+
+
+def as_step(step: Any) -> LogitsStep:
+    """A LogitsStep as it is, a plain callable wrapped; an object that declares needs without the protocol is
+    refused (its declaration would otherwise be ignored)."""
+    if isinstance(step, LogitsStep):
+        if not isinstance(step.needs, StepNeeds):
+            raise TypeError(f"{type(step).__name__}.needs must be a StepNeeds, got {step.needs!r}")
+        check_kind(type(step).__name__, step.kind)
+        return step
+    if not callable(step):
+        raise ValueError(f"a logits step must be callable as step(scores, ctx) -> scores, got {step!r}")
+    declared = [name for name in ("kind", "needs", *OLD_DECLARATIONS) if hasattr(step, name)]
+    if declared:
+        raise TypeError(f"{step!r} declares {', '.join(declared)} but is not a generation.LogitsStep: subclass "
+                        "LogitsStep and set kind / needs = StepNeeds(...) so the loop reads them")
+    return FunctionStep(step)
+
+
+def order_steps(steps: Sequence[Any]) -> list[LogitsStep]:
+    """The steps sorted by kind (STEP_ORDER; steps of one kind keep the order given). A layer-selection step
+    comes alone, first; the others then run inside it on every layer (ctx.layer_steps)."""
+    steps = [as_step(step) for step in steps]
+    selections = [step for step in steps if step.kind == LAYER_SELECTION]
+    others = sorted((step for step in steps if step.kind != LAYER_SELECTION), key=lambda s: STEP_ORDER.index(s.kind))
+    if len(selections) > 1:
+        raise ValueError(f"two layer-selection steps ({selections[0]!r}, {selections[1]!r}): each replaces the "
+                         "distribution by one layer's; use one")
+    contrasts = [step for step in others if step.kind in ("raw_contrast", "contrast")]
+    if selections and contrasts:
+        raise ValueError(f"{contrasts[0]!r} contrasts layers and {selections[0]!r} chooses one: each replaces "
+                         "the next-token distribution; use one of them")
+    return selections + others
+
+
+def combined_needs(steps: Sequence[LogitsStep]) -> StepNeeds:
+    """One StepNeeds for the loop: hidden states if any step needs them; the early-exit layers of the step that
+    names some (two steps naming different layers or norms contradict each other: the loop heads one set)."""
+    hidden = any(step.needs.hidden_states for step in steps)
+    named = [step for step in steps if step.needs.early_exit_layers]
+    for other in named[1:]:
+        if (other.needs.early_exit_layers, other.needs.early_exit_norm) != \
+                (named[0].needs.early_exit_layers, named[0].needs.early_exit_norm):
+            raise ValueError(f"{named[0]!r} and {other!r} ask for different early-exit layers; the loop heads "
+                             "one set with the final position")
+    if not named:
+        return StepNeeds(hidden_states=hidden)
+    return named[0].needs
 
 
 def apply_logits_steps(steps: Sequence[LogitsStep], scores: torch.Tensor, ctx: StepContext) -> torch.Tensor:
@@ -69,115 +191,13 @@ def apply_logits_steps(steps: Sequence[LogitsStep], scores: torch.Tensor, ctx: S
     return scores
 
 
-# --------------------------------------------------------------------------- penalties (look at the history)
-def repetition_penalty(scores: torch.Tensor, input_ids: torch.Tensor, penalty: float) -> torch.Tensor:
-    """CTRL (Keskar et al. 2019) as in transformers: for every token already in input_ids (prompt included),
-    divide a positive score by `penalty`, multiply a negative one, so penalty > 1 always makes it less likely."""
-    seen = torch.gather(scores, 1, input_ids)  # (B, T) scores of the tokens already present
-    seen = torch.where(seen < 0, seen * penalty, seen / penalty)
-    return scores.scatter(1, input_ids, seen)
-
-
-def no_repeat_ngram(scores: torch.Tensor, input_ids: torch.Tensor, ngram_size: int) -> torch.Tensor:
-    """Ban every token that would complete an n-gram already present in input_ids (transformers' rule)."""
-    B, T = input_ids.shape
-    n = ngram_size
-    if T < n:  # not one complete n-gram yet
-        return scores
-    ngrams = input_ids.unfold(1, n, 1)  # (B, T - n + 1, n): every n-gram so far
-    prefix = input_ids[:, T - n + 1:]  # (B, n - 1): the tokens the next one would extend
-    same_prefix = (ngrams[:, :, :-1] == prefix[:, None, :]).all(-1)  # (B, T - n + 1)
-    hits = torch.zeros_like(scores).scatter_add_(1, ngrams[:, :, -1], same_prefix.to(scores.dtype))  # (B, V)
-    return scores.masked_fill(hits > 0, NEG_INF)
-
-
-# --------------------------------------------------------------------------- warpers (shape the distribution)
-def temperature_scale(scores: torch.Tensor, temperature: float) -> torch.Tensor:
-    """softmax(z / T): T < 1 sharpens, T > 1 flattens (course lesson 5, section 3.2)."""
-    return scores / temperature
-
-
-def top_k_filter(scores: torch.Tensor, top_k: int, min_tokens_to_keep: int = 1) -> torch.Tensor:
-    """Keep the k highest scores (ties with the k-th included), -inf elsewhere (Fan et al. 2018)."""
-    k = min(max(top_k, min_tokens_to_keep), scores.shape[-1])
-    kth_best = torch.topk(scores, k).values[..., -1:]  # (B, 1)
-    return scores.masked_fill(scores < kth_best, NEG_INF)
-
-
-def top_p_filter(scores: torch.Tensor, top_p: float, min_tokens_to_keep: int = 1) -> torch.Tensor:
-    """Nucleus sampling (Holtzman et al. 2020): keep the smallest set of best tokens whose mass is >= top_p.
-
-    Sorted ascending, a token is dropped when the mass of it and everything below it is <= 1 - top_p.
-    """
-    sorted_scores, order = torch.sort(scores, descending=False)  # (B, V) worst first
-    mass_below = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
-    drop_sorted = mass_below <= (1 - top_p)
-    drop_sorted[..., -min_tokens_to_keep:] = False  # the best tokens always stay
-    drop = drop_sorted.scatter(1, order, drop_sorted)  # back to vocabulary order
-    return scores.masked_fill(drop, NEG_INF)
-
-
-def min_p_filter(scores: torch.Tensor, min_p: float, min_tokens_to_keep: int = 1) -> torch.Tensor:
-    """Min-p (Nguyen et al. 2024): drop tokens whose probability is below min_p x the top probability."""
-    probs = scores.softmax(dim=-1)
-    drop = probs < min_p * probs.max(dim=-1, keepdim=True).values  # (B, V)
-    order = torch.argsort(scores, descending=True, dim=-1)
-    drop_sorted = torch.gather(drop, 1, order)
-    drop_sorted[..., :min_tokens_to_keep] = False  # the best tokens always stay
-    drop = drop_sorted.scatter(1, order, drop_sorted)
-    return scores.masked_fill(drop, NEG_INF)
-
-
-# --------------------------------------------------------------------------- the same ideas as loop steps
-@dataclass(frozen=True)
-class RepetitionPenalty:
-    penalty: float
-
-    def __call__(self, scores: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        return repetition_penalty(scores, ctx.input_ids, self.penalty)
-
-
-@dataclass(frozen=True)
-class NoRepeatNGram:
-    ngram_size: int
-
-    def __call__(self, scores: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        return no_repeat_ngram(scores, ctx.input_ids, self.ngram_size)
-
-
-@dataclass(frozen=True)
-class Temperature:
-    temperature: float
-
-    def __call__(self, scores: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        return temperature_scale(scores, self.temperature)
-
-
-@dataclass(frozen=True)
-class TopK:
-    top_k: int
-    min_tokens_to_keep: int = 1
-
-    def __call__(self, scores: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        return top_k_filter(scores, self.top_k, self.min_tokens_to_keep)
-
-
-@dataclass(frozen=True)
-class TopP:
-    top_p: float
-    min_tokens_to_keep: int = 1
-
-    def __call__(self, scores: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        return top_p_filter(scores, self.top_p, self.min_tokens_to_keep)
-
-
-@dataclass(frozen=True)
-class MinP:
-    min_p: float
-    min_tokens_to_keep: int = 1
-
-    def __call__(self, scores: torch.Tensor, ctx: StepContext) -> torch.Tensor:
-        return min_p_filter(scores, self.min_p, self.min_tokens_to_keep)
+def run_steps(steps: Sequence[LogitsStep], scores: torch.Tensor, ctx: StepContext) -> torch.Tensor:
+    """What the loop calls at each position: the ordered steps (order_steps), a layer selection with the
+    others as its ctx.layer_steps."""
+    if steps and steps[0].kind == LAYER_SELECTION:
+        ctx.layer_steps = tuple(steps[1:])
+        return apply_logits_steps(steps[:1], scores, ctx)
+    return apply_logits_steps(steps, scores, ctx)
 
 
 # --------------------------------------------------------------------------- choosing the token
@@ -190,3 +210,8 @@ def select_sample(scores: torch.Tensor, generator: torch.Generator | None = None
     """(B, V) -> (B,): one draw from softmax(scores); -inf scores have probability 0."""
     probs = torch.softmax(scores, dim=-1)
     return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(1)
+
+
+def choose_token(scores: torch.Tensor, sampling: bool, generator: torch.Generator | None) -> torch.Tensor:
+    """(B, V) -> (B,): a draw from softmax(scores) with `generator` when sampling, else the argmax."""
+    return select_sample(scores, generator) if sampling else select_greedy(scores)

@@ -383,11 +383,11 @@ def stop_reason(new_ids: list[int], options: dict) -> str:
     """Why generation ended: the stop rules, asked again on the whole output, name the reason."""
     import torch
 
-    from generation import StopConditions
-    from generation.stopping import STOP_REASONS
+    from generation.stopping import STOP_REASONS, StopConditions, StopStrings
 
+    strings = tuple(options.get("stop_strings") or ())
     rules = StopConditions(torch.tensor(options["eos_token_id"], dtype=torch.long), 0, options["max_new_tokens"],
-                           tuple(options.get("stop_strings") or ()), options["tokenizer"])
+                           (StopStrings(strings, options["tokenizer"]),) if strings else ())
     return STOP_REASONS[int(rules(torch.tensor([new_ids]))[0])]
 
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 import transformers.generation.logits_process as tlp  # the oracle
 
-from generation import (GenerationOptions, MinP, RepetitionPenalty, Temperature, TopK, TopP, build_logits_steps,
-                        generate, min_p_filter, no_repeat_ngram, repetition_penalty, select_sample, stream,
-                        temperature_scale, top_k_filter, top_p_filter)
+from generation import (GenerationOptions, LogitsStep, MinP, RepetitionPenalty, StepNeeds, Temperature, TopK, TopP,
+                        build_logits_steps, generate, min_p_filter, no_repeat_ngram, order_steps, repetition_penalty,
+                        select_sample, stream, temperature_scale, top_k_filter, top_p_filter)
 from model import CausalLM, ModelConfig
 
 
@@ -115,13 +115,13 @@ def test_build_logits_steps_order_follows_transformers():
 
     options = GenerationOptions(do_sample=True, temperature=0.7, top_k=5, top_p=0.9, min_p=0.1,
                                 repetition_penalty=1.2, no_repeat_ngram_size=2, logits_steps=[mine])
-    steps = build_logits_steps(options, num_eos=1)
-    assert [type(s).__name__ for s in steps] == ["RepetitionPenalty", "NoRepeatNGram", "function", "Temperature",
+    steps = order_steps(build_logits_steps(options, [2]))
+    assert [type(s).__name__ for s in steps] == ["RepetitionPenalty", "NoRepeatNGram", "FunctionStep", "Temperature",
                                                 "TopK", "TopP", "MinP"]
-    beam = build_logits_steps(GenerationOptions(do_sample=True, num_beams=3, top_k=5), num_eos=2)
+    beam = build_logits_steps(GenerationOptions(do_sample=True, num_beams=3, top_k=5), [2, 3])
     assert beam == [TopK(5, min_tokens_to_keep=3)]  # beams keep num_eos + 1 tokens, as transformers
     with pytest.warns(UserWarning, match="ignored"):  # warpers only act on sampling, as in transformers
-        assert build_logits_steps(GenerationOptions(top_k=5, temperature=0.5, do_sample=False), num_eos=1) == []
+        assert build_logits_steps(GenerationOptions(top_k=5, temperature=0.5, do_sample=False), [2]) == []
 
 
 # --------------------------------------------------------------------------- sampling statistics
@@ -196,7 +196,7 @@ def test_custom_step_runs_in_place_and_records(tiny_model):
     seen = []
 
     def ban_token_13(scores, ctx):
-        seen.append((ctx.step, ctx.input_ids.shape[1], ctx.hidden_states))
+        seen.append((ctx.position, ctx.input_ids.shape[1], ctx.hidden_states))
         ctx.record("p13", scores.softmax(-1)[:, 13])
         return scores.index_fill(-1, torch.tensor([13]), float("-inf"))
 
@@ -209,8 +209,8 @@ def test_custom_step_runs_in_place_and_records(tiny_model):
 
 
 def test_step_declaring_hidden_states_gets_every_layer(tiny_model):
-    class LastLayerLogits:
-        needs_hidden_states = True
+    class LastLayerLogits(LogitsStep):
+        needs = StepNeeds(hidden_states=True)
 
         def __call__(self, scores, ctx):
             assert len(ctx.hidden_states) == 3 and ctx.hidden_states[0].shape == (1, 1, 32)

@@ -173,7 +173,7 @@ def run_entropy_step(widths, strategy, generator=None, record_tokens=True, hidde
     records = {}
     hidden_states = hidden if hidden is not None else (None,) * (len(widths) + 1)
     ctx = StepContext(torch.zeros(1, 3, dtype=torch.long), 3, table[-1], hidden_states, model, generator, 0, records)
-    step = EntropyLayerChoice((), strategy, consistency_alpha=consistency_alpha, record_tokens=record_tokens)
+    step = EntropyLayerChoice(strategy, consistency_alpha=consistency_alpha, record_tokens=record_tokens)
     return step(table[-1], ctx), records
 
 
@@ -252,7 +252,7 @@ def test_entropy_steps_take_their_first_layers_from_the_forward_head_matmul(tmp_
     # The same step built without the model's N asks for nothing and heads every layer itself: same choices.
     requested = generate(ours, ids, max_new_tokens=4, eos_token_id=[], entropy_decoding="trough")
     itself = generate(ours, ids, max_new_tokens=4, eos_token_id=[], logits_steps=[EntropyLayerChoice()])
-    assert EntropyLayerChoice().early_exit_layers == ()
+    assert EntropyLayerChoice().needs.early_exit_layers == ()
     assert torch.equal(requested.sequences, itself.sequences)
     assert torch.equal(stack_records(requested.records)["entropy_selected_layer_indices"],
                        stack_records(itself.records)["entropy_selected_layer_indices"])

@@ -34,10 +34,10 @@ REFERENCES: dict[int, dict[str, str]] = {
     5: {
         "cache_layer_update": "cache.dynamic:DynamicLayer.update",
         "kv_cache_bytes": "cache.dynamic:kv_cache_bytes",
-        "temperature_scale": "generation.steps:temperature_scale",
-        "top_k_filter": "generation.steps:top_k_filter",
-        "top_p_filter": "generation.steps:top_p_filter",
-        "repetition_penalty": "generation.steps:repetition_penalty",
+        "temperature_scale": "generation.warpers:temperature_scale",
+        "top_k_filter": "generation.warpers:top_k_filter",
+        "top_p_filter": "generation.warpers:top_p_filter",
+        "repetition_penalty": "generation.penalties:repetition_penalty",
     },
     6: {
         "gather_beams": "generation.beam:gather_beams",

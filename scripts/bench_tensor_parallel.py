@@ -1,7 +1,7 @@
 """Tensor parallelism measured: each process's loaded bytes and peak memory, and greedy tokens/s.
 
     torchrun --standalone --nproc-per-node 1 scripts/bench_tensor_parallel.py    # one process, same code path
-    torchrun --standalone --nproc-per-node 3 scripts/bench_tensor_parallel.py    # SmolLM2: 9 / 3 heads split by 3
+    torchrun --standalone --nproc-per-node 2 scripts/bench_tensor_parallel.py    # SmolLM2: 3 kv heads as 2 + 1
 
 Each process loads its part of the default model (or --model) with model/shard_loading.py, decodes the same
 greedy tokens, and process 0 prints one table row per process. The bytes every process sends per token are
@@ -73,12 +73,12 @@ def main() -> None:
         print("| --- | --- | --- | --- | --- | --- | --- |")
         print("\n".join(rows))
         print(f"tokens: {out.new_tokens[0, :12].tolist()} ...")
-        if world == 1:  # the same decoding without DTensor: load_pretrained's plain model, one thread too
+        if world == 1:  # the same decoding unsplit: load_pretrained's model (its CPU kernels), one thread too
             from model import load_pretrained
 
             rate, plain = greedy_rate(load_pretrained(folder, dtype=torch.float32), args)
             same = torch.equal(plain.sequences, out.sequences)
-            print(f"load_pretrained (no DTensor), 1 thread: {rate:.1f} tokens/s, same tokens: {same}")
+            print(f"load_pretrained (not split), 1 thread: {rate:.1f} tokens/s, same tokens: {same}")
     dist.destroy_process_group()
 
 

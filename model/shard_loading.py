@@ -26,9 +26,8 @@ from torch.distributed.tensor.parallel import parallelize_module
 
 from .causal_lm import CausalLM
 from .config import ModelConfig
-from .checks import check_config_against_header
-from .loading import (DTYPES, CheckpointError, check_dtypes, check_quantization, check_tensors, checkpoint_files,
-                      hf_to_local_name, merge_mxfp4_headers, read_headers, skip_parameter_init)
+from .loading import (DTYPES, CheckpointError, build_on_meta, check_header, check_tensors, expected_shapes,
+                      hf_to_local_name, read_header)
 from .mxfp4 import dequantize_expert_weight
 from .tensor_parallel import FIRST_RANK_ONLY, Part, agree, check_splittable, parameter_parts, tensor_parallel_plan
 
@@ -64,21 +63,16 @@ def _load_local_part(folder: Path, mesh: DeviceMesh, dtype, device, attn_impleme
         raise CheckpointError(f"model folder {folder} does not exist")
     config = ModelConfig.from_json(folder)
     check_splittable(config, mesh.size())  # before anything is read
-    check_quantization(config)
-    files = checkpoint_files(folder)
-    stored_names = {name_map(name): name for name in files}  # ours -> as stored
-    headers = merge_mxfp4_headers({name_map(name): info for name, info in read_headers(files).items()})
-    check_config_against_header(config, headers)  # before anything sized by the config is built
-    with torch.device("meta"), skip_parameter_init():
-        model = CausalLM(config, attn_implementation)
-    check_tensors({name: tuple(t.shape) for name, t in model.state_dict().items()}, headers,
-                  config.tie_word_embeddings)
-    check_dtypes(headers, dtype)
+    header = read_header(folder, name_map)
+    check_header(config, header, dtype)
+    files, stored_names = header.files, {name_map(name): name for name in header.files}  # ours -> as stored
+    model = build_on_meta(config, attn_implementation)
+    check_tensors(expected_shapes(model), header.tensors, config.tie_word_embeddings)
     plan = tensor_parallel_plan(config)
     parallelize_module(model, mesh, plan)  # meta parameters cut to this process's parts, head counts local
     params = dict(model.named_parameters(remove_duplicate=False))
     parts = parameter_parts(plan, list(params), mesh.get_local_rank(), mesh.size())
-    wanted = dtype or next(DTYPES[info[1]] for info in headers.values() if info[1] != "MXFP4")
+    wanted = dtype or next(DTYPES[info[1]] for info in header.tensors.values() if info[1] != "MXFP4")
     model.loaded_bytes = LoadedBytes()
     for name, param in params.items():
         if name == "lm_head.weight" and config.tie_word_embeddings:

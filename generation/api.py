@@ -17,8 +17,8 @@ from .loop import GenerateOutput, decode_loop, output_from_tokens, prepare_call
 from .options import options_help
 
 
-# inference_mode, not just no_grad: it also skips autograd's version counters and view tracking (about 7% of a
-# one-token step here). The returned tensors are inference tensors: read them freely; clone() one to modify it
+# inference_mode, not just no_grad: it also skips autograd's version counters and view tracking, a measurable
+# part of a one-token step (docs/performance.md). The returned tensors are inference tensors: read them freely; clone() one to modify it
 # in place or use it with autograd.
 @torch.inference_mode()
 def generate(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | None = None,

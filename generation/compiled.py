@@ -1,8 +1,8 @@
 """A compiled one-token decode step (`generate(..., compile=True)`): the gpt-fast design.
 
 Eager PyTorch launches each of a step's ~700 small operations (norms, RoPE, residual adds, the cache write)
-from Python, one at a time: for SmolLM2-135M that is ~10 ms of every token on a 2-core CPU, next to ~13 ms
-(bf16) or ~23 ms (fp32) for the matrix products themselves (model/matvec.py). `torch.compile` traces one decode
+from Python, one at a time: for a small model like SmolLM2-135M that overhead is of the order of the matrix
+products themselves (docs/performance.md). `torch.compile` traces one decode
 step into a graph and generates fused C++ kernels for the small operations, leaving the matrix products to the
 hand-written one-row / few-row kernel (a custom operator the graph calls) or BLAS.
 
@@ -14,13 +14,13 @@ from step to step lives in tensors:
   grows each step;
 - positions (for RoPE) and the mask come in as tensors.
 The prompt (a new length every time) runs through the same `decode_step` eagerly; only the one-token step is
-compiled (once per model, dtype, batch size and slot count in a process, ~40-45 s for SmolLM2 on 2 cores;
+compiled (once per model, dtype, batch size and slot count in a process, tens of seconds on a small CPU;
 inductor's on-disk cache shortens it in later processes). So it pays off for long generations. Beam search
 (generation/beam.py) uses it too: its B * num_beams rows fill the slots, each prompt is prefilled once and
 copied to its beams (`prefill(..., repeats=K)`), and `reorder` moves the filled slots after the beams each step.
 
 Half precision on the CPU: the cache keeps keys and values in float32, because the CPU attention kernel is
-several times slower in bf16/fp16 (measured 300 µs per layer and step against 30-100 µs in float32), and
+several times slower in bf16/fp16 (docs/performance.md), and
 attention over float32 keys is the more exact of the two.
 """
 
@@ -80,7 +80,7 @@ def decode_step(model, tokens: torch.Tensor, slots: torch.Tensor, position_ids: 
 def compiled_decode_step(device_type: str):
     """decode_step compiled for fixed shapes; one function object per device type, so every CompiledDecoder
     shares its graphs. On the CPU inductor's C++ wrapper calls the step's kernels from generated C++ instead of
-    Python: measured 1.2 ms less per token in float32 (22.7 -> 21.5 ms) and bf16 (17.5 -> 16.2) on the Xeon."""
+    Python, which saves Python's launch overhead on every token (docs/performance.md)."""
     options = {"cpp_wrapper": True} if device_type == "cpu" else None
     return torch.compile(decode_step, fullgraph=True, dynamic=False, options=options)
 

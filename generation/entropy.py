@@ -19,9 +19,8 @@ goes. The choice is the same as from the full table of 30 layers (a property tes
 fraction of the cost. Recording every layer's top token needs them all and computes them all.
 
 Why chunks of 8 first (`walk_chunk`): through the head, 8 rows cost little more than 2 (a matrix-matrix
-product reads the 49152 x 576 head once either way; measured on the default model, one thread: 1 row
-23 ms, 4 rows 37-62 ms, 8 rows 60-70 ms, 29 rows 140 ms), and on the default model the trough lies within
-8 layers of the top at 95% of steps (64 greedy tokens), so one chunk usually settles the walk.
+product reads the 49152 x 576 head once either way), and on the default model the trough usually lies within
+8 layers of the top, so one chunk usually settles the walk (figures: docs/performance.md).
 
 Two more measures keep the step cheap, most of all when it reads every layer (`entropy_record_tokens=True`): the
 layers it needs first (all of them, or the walk's first chunk) come from the forward's own head matmul
@@ -90,8 +89,7 @@ def entropy_and_top_token(scores: torch.Tensor, normalize: bool = False) -> tupl
     """(entropy_bits(scores, normalize), scores.argmax(-1)) for scores (..., V): each (...).
 
     Float32 CPU scores go through one fused kernel (generation/entropy.cpp: two reads of each row, no
-    temporaries; 30 rows of 49152 took ~10 ms a step in PyTorch, most of it faulting in fresh memory for the
-    temporaries), other scores, or where the kernel cannot be built, through entropy_bits and argmax.
+    temporaries: in PyTorch most of the time went to faulting in fresh memory for the temporaries), other scores, or where the kernel cannot be built, through entropy_bits and argmax.
     """
     if not (scores.dtype == torch.float32 and scores.device.type == "cpu" and scores.shape[-1] > 0
             and not (scores.requires_grad and torch.is_grad_enabled()) and entropy_kernel_available()):
@@ -182,8 +180,7 @@ class EntropyLayerChoice(LogitsStep):
     @property
     def needs(self) -> StepNeeds:
         """Every layer's hidden state; and the layers every position needs first (all of them, or the walk's
-        first chunk) with the final logits: one pass over the head for 1 + 29 rows costs about as much as for 29
-        (measured 8.0 ms against 2.7 + 7.5 on the default model)."""
+        first chunk) with the final logits: one pass over the head for 1 + 29 rows costs about as much as for 29."""
         N = self.num_hidden_layers
         if N is None or N < 2:
             return StepNeeds(hidden_states=True)

@@ -161,7 +161,7 @@ def run_case(case, model, hf, tokenizer, args):
 def print_decode_only_rate(case, model, ids, mask, options, args, full_run: float) -> None:
     """Tokens/s of the one-token steps alone (llama.cpp's "eval" rate): the time of a run that makes one token
     (the prompt's prefill and one step) subtracted. It matters in half precision, whose prefill of a few dozen
-    tokens takes ~0.5 s on an AVX2 CPU (the multi-row bf16/fp16 products are slow there)."""
+    tokens is slow on a CPU without bf16/fp16 matrix instructions (docs/performance.md)."""
     one_token = statistics.median(time_ours(model, ids, mask, options, 1)[0] for _ in range(args.repeats))
     rate = (args.new_tokens - 1) / (full_run - one_token)
     print(f"# {case}: decode only {rate:.1f} tok/s (prefill + first token {one_token:.2f} s)", flush=True)

@@ -42,7 +42,7 @@ examples:
   torchrun --nproc-per-node 2 scripts/generate.py --tensor-parallel --prompt "Hello"
 
 The last line, on stderr, sums up the run:
-  [prompt 37 tokens, 8 new tokens in 2.64 s (3.0 tokens/s), stop: eos]
+  [prompt 37 tokens, 8 new tokens in T s (R tokens/s), stop: eos]
 stop is eos (the model ended its answer), stop_string, max_new_tokens, or interrupted (Ctrl-C).
 tokens/s counts the whole call, prompt processing included.
 Exit codes: 0 done, 1 unreadable model files, 2 bad arguments or prompt, 130 interrupted.

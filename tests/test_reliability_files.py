@@ -33,6 +33,8 @@ MEASURE = textwrap.dedent("""
     page = resource.getpagesize()
     def statm():  # (virtual, resident) bytes of this process
         return [int(x) * page for x in open("/proc/self/statm").read().split()[:2]]
+    def peak_rss():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's across exec)
+        return 1024 * int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
     import torch
     from model import load_pretrained
     virtual, before = statm()
@@ -44,7 +46,7 @@ MEASURE = textwrap.dedent("""
     except ValueError as err:
         error = f"{type(err).__name__}: {err}"
     seconds = time.perf_counter() - start
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    peak = peak_rss()
     print(json.dumps({"error": error, "seconds": seconds, "extra_mb": (peak - before) / 2**20}))
 """)
 

@@ -115,9 +115,11 @@ class RangeStyle(ParallelStyle):
             owner_path, _, attribute = name.rpartition(".")
             owner = module.get_submodule(owner_path)
             full = getattr(owner, attribute, None)
-            if full is None:  # a bias the checkpoint does not have
+            if full is None:  # no such parameter in this model (no bias; sinks only in GPT-OSS)
                 continue
             setattr(owner, attribute, nn.Parameter(local_part(full.detach(), part, rank), requires_grad=False))
+            if isinstance(owner, nn.Linear):
+                owner.out_features, owner.in_features = owner.weight.shape  # so that its repr tells the truth
         self.set_local_sizes(module, rank, world)
         group = device_mesh.get_group()
         module.get_submodule(self.reduced).register_forward_hook(lambda _m, _i, out: all_reduce(out, group))

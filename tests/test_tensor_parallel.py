@@ -60,8 +60,13 @@ def folders(tmp_path_factory) -> dict[str, Path]:
     save_mxfp4_checkpoint(root / "gpt_oss_mxfp4", hf, torch.Generator().manual_seed(2))
     # Counts that do not divide by 2: 3 key-value heads (2 + 1, so 6 query heads go 4 + 2) and odd MLP widths;
     # biases on every LLaMA projection (o_proj's and down_proj's are added once, after the sum).
-    save_tiny_llama(root / "llama_uneven", hidden_size=48, num_attention_heads=6, num_key_value_heads=3,
-                    intermediate_size=UNEVEN["llama_uneven"], attention_bias=True, mlp_bias=True)
+    hf = save_tiny_llama(root / "llama_uneven", hidden_size=48, num_attention_heads=6, num_key_value_heads=3,
+                         intermediate_size=UNEVEN["llama_uneven"], attention_bias=True, mlp_bias=True)
+    with torch.no_grad():  # transformers starts biases at zero, where a bias added twice would not show
+        for name, param in hf.named_parameters():
+            if name.endswith("bias"):
+                param.copy_(torch.randn(param.shape, generator=torch.Generator().manual_seed(len(name))))
+    hf.save_pretrained(root / "llama_uneven")
     save_tiny_gpt_oss(root / "gpt_oss_uneven", num_attention_heads=6, num_key_value_heads=3,
                       intermediate_size=UNEVEN["gpt_oss_uneven"])
     save_tiny_llama(root / "one_kv_head", num_key_value_heads=1)  # 1 key-value head cannot split over 2
@@ -111,13 +116,15 @@ def test_the_plan_applied_to_a_loaded_model_gives_the_same_logits(results, one_p
                                    rtol=1e-5, atol=1e-5)
 
 
-def test_llama_logits_equal_transformers(results, folders):
+@pytest.mark.parametrize("name", ["llama", "llama_uneven"])
+def test_llama_logits_equal_transformers(results, folders, name):
     from transformers import LlamaForCausalLM
 
-    hf = LlamaForCausalLM.from_pretrained(folders["llama"], torch_dtype=torch.float32).eval()
+    hf = LlamaForCausalLM.from_pretrained(folders[name], torch_dtype=torch.float32).eval()
     with torch.no_grad():
         expected = hf(PROMPTS[1:]).logits  # the unpadded row
-    torch.testing.assert_close(results[0]["llama"]["logits"][1:], expected, rtol=1e-5, atol=1e-5)
+    for rank in range(2):
+        torch.testing.assert_close(results[rank][name]["logits"][1:], expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("strategy", list(DECODING))

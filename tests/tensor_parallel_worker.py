@@ -19,6 +19,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from cache import DynamicCache  # noqa: E402
 from generation import generate  # noqa: E402
 from model.shard_loading import load_tensor_parallel  # noqa: E402
 from model import load_pretrained  # noqa: E402
@@ -48,16 +49,19 @@ def decode_all(model) -> dict[str, torch.Tensor]:
 
 def check_model(folder: str, mesh) -> dict:
     model = load_tensor_parallel(folder, mesh, dtype=torch.float32)
+    cache = DynamicCache()
     with torch.inference_mode():
-        logits = model(PROMPTS, attention_mask=MASK).logits  # (B, T, V), replicated on every process
+        logits = model(PROMPTS, attention_mask=MASK, cache=cache).logits  # (B, T, V), replicated on every process
         tokens = decode_all(model)
     bytes_read = model.loaded_bytes
     whole = parallelize(load_pretrained(folder, dtype=torch.float32), mesh)  # the plan on a loaded model
     with torch.inference_mode():
         split_after_loading = whole(PROMPTS, attention_mask=MASK).logits
-    return {"logits": logits.clone(), "tokens": tokens, "logits_split_after_loading": split_after_loading.clone(), "sharded_read": bytes_read.sharded_read,
-            "sharded_total": bytes_read.sharded_total, "replicated_read": bytes_read.replicated_read,
-            "local_heads": (model.layers[0].self_attn.n_heads, model.layers[0].self_attn.n_kv)}
+    return {"logits": logits.clone(), "tokens": tokens, "logits_split_after_loading": split_after_loading.clone(),
+            "sharded_read": bytes_read.sharded_read, "sharded_total": bytes_read.sharded_total,
+            "replicated_read": bytes_read.replicated_read,
+            "local_heads": (model.layers[0].self_attn.n_heads, model.layers[0].self_attn.n_kv),
+            "cached_keys_shape": tuple(cache.layers[0].keys.shape)}  # (B, local n_kv, T, d)
 
 
 def check_failure(folder: str, mesh) -> str:

@@ -184,6 +184,8 @@ def test_uneven_counts_split_by_whole_groups_and_each_process_reads_its_share(re
         assert results[rank][name]["sharded_read"] == shares[rank]
         assert results[rank][name]["sharded_total"] == sum(shares)
     assert [results[rank][name]["local_heads"] for rank in range(2)] == [(4, 2), (2, 1)]  # GQA groups of 2
+    # The KV cache holds only the local key-value heads: (B, n_kv local, T, head_dim 8).
+    assert [results[rank][name]["cached_keys_shape"] for rank in range(2)] == [(2, 2, 8, 8), (2, 1, 8, 8)]
 
 
 def test_fewer_key_value_heads_than_processes_fail_on_every_process_with_the_counts(results):

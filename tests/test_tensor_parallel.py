@@ -24,6 +24,7 @@ from safetensors import safe_open
 
 from conftest import default_model_dir, save_tiny_gpt_oss, save_tiny_llama
 from model import load_pretrained
+from model.tensor_parallel import split_range
 from tensor_parallel_worker import DECODING, MASK, PROMPTS, decode_all
 from test_mxfp4 import save_mxfp4_checkpoint
 
@@ -186,6 +187,14 @@ def test_uneven_counts_split_by_whole_groups_and_each_process_reads_its_share(re
     assert [results[rank][name]["local_heads"] for rank in range(2)] == [(4, 2), (2, 1)]  # GQA groups of 2
     # The KV cache holds only the local key-value heads: (B, n_kv local, T, head_dim 8).
     assert [results[rank][name]["cached_keys_shape"] for rank in range(2)] == [(2, 2, 8, 8), (2, 1, 8, 8)]
+
+
+def test_split_range_gives_torch_tensor_split_pieces():
+    for count in range(1, 12):
+        for world in range(1, count + 1):
+            pieces = torch.arange(count).tensor_split(world)
+            assert [range(*split_range(count, world, rank)) for rank in range(world)] == \
+                [range(int(p[0]), int(p[-1]) + 1) for p in pieces]
 
 
 def test_fewer_key_value_heads_than_processes_fail_on_every_process_with_the_counts(results):

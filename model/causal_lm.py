@@ -18,6 +18,7 @@ from cache.sliding import SlidingWindowLayer
 
 from .config import ModelConfig
 from .gpt_oss import GptOssBlock
+from .qwen import QwenBlock
 from .layers import ATTENTION_FUNCTIONS, DecoderBlock, RMSNorm, build_attention_mask
 from .rope import RotaryEmbedding
 from .linear import Linear, arrange_weights, check_weight_layout
@@ -49,7 +50,7 @@ class CausalLM(nn.Module):
         super().__init__()
         self.config = config
         self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
-        block = GptOssBlock if config.model_type == "gpt_oss" else DecoderBlock
+        block = {"gpt_oss": GptOssBlock, "qwen2": QwenBlock, "qwen3": QwenBlock}.get(config.model_type, DecoderBlock)
         self.layers = nn.ModuleList(block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
         self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)

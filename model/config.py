@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-SUPPORTED_MODEL_TYPES = ("llama", "gpt_oss")
+SUPPORTED_MODEL_TYPES = ("llama", "gpt_oss", "qwen2", "qwen3")
 
 # Required keys of each rope_scaling type (transformers' modeling_rope_utils).
 ROPE_SCALING_KEYS: dict[str, set[str]] = {
@@ -43,6 +43,14 @@ GPT_OSS_DEFAULTS: dict[str, Any] = {
     "max_position_embeddings": 131072, "head_dim": 64, "num_key_value_heads": 8,
     "rope_scaling": {"rope_type": "yarn", "factor": 32.0, "beta_fast": 32.0, "beta_slow": 1.0, "truncate": False},
 }
+
+# transformers' Qwen2Config / Qwen3Config defaults for keys their config.json may leave out, where they differ from
+# LLaMA's (Qwen3's head_dim is its own key: 128 unless given, whatever hidden_size / heads is).
+QWEN2_DEFAULTS: dict[str, Any] = {
+    "max_position_embeddings": 32768, "num_key_value_heads": 32, "sliding_window": 4096, "max_window_layers": 28,
+}
+QWEN3_DEFAULTS: dict[str, Any] = {**QWEN2_DEFAULTS, "head_dim": 128}
+DEFAULTS_OF_MODEL_TYPE = {"gpt_oss": GPT_OSS_DEFAULTS, "qwen2": QWEN2_DEFAULTS, "qwen3": QWEN3_DEFAULTS}
 
 
 class ConfigError(ValueError):
@@ -78,6 +86,9 @@ class ModelConfig:
     sliding_window: int | None = None  # keys a "sliding_attention" layer sees, the query's own included
     layer_types: list[str] | None = None  # per layer: "sliding_attention" or "full_attention"
     swiglu_limit: float = 7.0  # the experts' clamp on gate and up
+    # --- Qwen2 / Qwen3: layers max_window_layers.. are sliding_attention when use_sliding_window is true ---
+    use_sliding_window: bool = False
+    max_window_layers: int | None = None
     # Keys the file had that this project does not use (kept so nothing is lost on save).
     extra: dict[str, Any] = field(default_factory=dict, repr=False)
 
@@ -95,6 +106,13 @@ class ModelConfig:
         if self.model_type == "gpt_oss" and self.layer_types is None:  # HF: sliding, full, sliding, full, ...
             self.layer_types = ["sliding_attention" if i % 2 == 0 else "full_attention"
                                 for i in range(self.num_hidden_layers)]
+        if self.model_type in ("qwen2", "qwen3") and self.layer_types is None:  # HF: full below max_window_layers
+            sliding = self.use_sliding_window and self.sliding_window is not None
+            if sliding and self.max_window_layers is None:
+                raise ConfigError("use_sliding_window is true but 'max_window_layers' is null: give the number of "
+                                  "full-attention layers below the sliding ones")
+            self.layer_types = ["sliding_attention" if sliding and i >= self.max_window_layers else "full_attention"
+                                for i in range(self.num_hidden_layers)]
         self._check_values()
 
     # ------------------------------------------------------------------ checks
@@ -104,6 +122,9 @@ class ModelConfig:
             if f.name in _POSITIVE_INTS or (f.name in _OPTIONAL_POSITIVE_INTS and value is not None):
                 if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
                     raise ConfigError(f"config key '{f.name}' must be a positive integer, got {value!r}")
+            if f.name in _NON_NEGATIVE_INTS and value is not None:
+                if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+                    raise ConfigError(f"config key '{f.name}' must be an integer >= 0, got {value!r}")
             if f.name in _POSITIVE_FLOATS:
                 if not isinstance(value, (int, float)) or isinstance(value, bool) or not 0 < value < math.inf:
                     note = " (it must be finite)" if value == math.inf else ""
@@ -130,6 +151,11 @@ class ModelConfig:
         self._check_token_ids()
         if self.model_type == "gpt_oss":
             self._check_gpt_oss()
+        if self.model_type == "qwen2" and self.attention_bias:
+            raise ConfigError("qwen2 attention has q/k/v biases and no o_proj bias whatever 'attention_bias' says "
+                              "(transformers ignores the key); remove 'attention_bias' from the config")
+        if self.layer_types is not None:
+            self._check_layer_types()
 
     def _check_rope_scaling(self) -> None:
         if self.rope_scaling is None:
@@ -180,6 +206,8 @@ class ModelConfig:
         if not isinstance(self.swiglu_limit, (int, float)) or isinstance(self.swiglu_limit, bool) \
                 or not self.swiglu_limit > 0:
             raise ConfigError(f"config key 'swiglu_limit' must be a positive number, got {self.swiglu_limit!r}")
+
+    def _check_layer_types(self) -> None:
         if not isinstance(self.layer_types, list) or len(self.layer_types) != self.num_hidden_layers:
             raise ConfigError(f"config key 'layer_types' must list one entry per layer "
                               f"(num_hidden_layers={self.num_hidden_layers}), got {self.layer_types!r}")
@@ -209,8 +237,8 @@ class ModelConfig:
         if not isinstance(data, dict):
             raise ConfigError(f"a config must be a JSON object, got {type(data).__name__}")
         names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
-        if data.get("model_type") == "gpt_oss":
-            data = {**copy.deepcopy(GPT_OSS_DEFAULTS), **data}  # only keys the file leaves out
+        if data.get("model_type") in DEFAULTS_OF_MODEL_TYPE:
+            data = {**copy.deepcopy(DEFAULTS_OF_MODEL_TYPE[data["model_type"]]), **data}  # only keys the file leaves out
         known = {k: v for k, v in data.items() if k in names}
         extra = {k: v for k, v in data.items() if k not in names}
         for key in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads"):
@@ -248,5 +276,6 @@ class ModelConfig:
 _POSITIVE_INTS = {"vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
                   "max_position_embeddings"}
 _OPTIONAL_POSITIVE_INTS = {"num_key_value_heads", "head_dim", "sliding_window"}
+_NON_NEGATIVE_INTS = {"max_window_layers"}
 _POSITIVE_FLOATS = {"rms_norm_eps", "rope_theta", "initializer_range"}
-_BOOLS = {"attention_bias", "mlp_bias", "tie_word_embeddings"}
+_BOOLS = {"attention_bias", "mlp_bias", "tie_word_embeddings", "use_sliding_window"}

@@ -115,6 +115,8 @@ class Attention(nn.Module):
         self.o_proj = Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
         self.qkv_proj: StackedLinear | None = None  # q/k/v as one matmul, set by model/linear.py
         self.sinks: torch.Tensor | None = None  # GPT-OSS: one learned logit per head (model/gpt_oss.py)
+        self.q_norm: nn.Module | None = None  # Qwen3: RMSNorm on each query / key head (model/qwen.py)
+        self.k_norm: nn.Module | None = None
         self.attn_implementation = "sdpa"
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
@@ -124,7 +126,10 @@ class Attention(nn.Module):
         # (B, T, (n_heads + 2 n_kv) d): the three projections side by side
         qkv = stacked_or_separate(self.qkv_proj, (self.q_proj, self.k_proj, self.v_proj), x)
         qkv = qkv.view(B, T, n_heads + 2 * n_kv, self.head_dim).transpose(1, 2)  # (B, all heads, T, d)
-        qk = apply_rotary(qkv[:, :n_heads + n_kv], cos, sin)  # RoPE on queries and keys together
+        qk = qkv[:, :n_heads + n_kv]
+        if self.q_norm is not None:  # Qwen3: an RMSNorm over each query and each key head, before RoPE
+            qk = torch.cat([self.q_norm(qk[:, :n_heads]), self.k_norm(qk[:, n_heads:])], dim=1)
+        qk = apply_rotary(qk, cos, sin)  # RoPE on queries and keys together
         q, k = qk.split([n_heads, n_kv], dim=1)  # (B, n_heads, T, d), (B, n_kv, T, d)
         v = qkv[:, n_heads + n_kv:]  # (B, n_kv, T, d)
         if cache is not None:

@@ -203,7 +203,7 @@ def test_file_given_as_the_model_folder_on_the_command_line(tiny, capsys):
 ])
 def test_tokenizer_files_that_are_not_text_name_the_file(tmp_path, name, text, message):
     from test_cli import TOKENIZER_FILES, default_model_dir
-    from tokenizer import load_tokenizer
+    from tokenizer import TokenizerFileError, load_tokenizer
 
     source = default_model_dir()
     if source is None:
@@ -211,5 +211,5 @@ def test_tokenizer_files_that_are_not_text_name_the_file(tmp_path, name, text, m
     for file in TOKENIZER_FILES:
         shutil.copy(source / file, tmp_path)
     (tmp_path / name).write_bytes(text)
-    with pytest.raises(ValueError, match=message):
+    with pytest.raises(TokenizerFileError, match=message):
         load_tokenizer(tmp_path)

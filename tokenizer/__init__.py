@@ -22,7 +22,7 @@ Files:
 Tests (``tests/test_tokenizer*.py``) compare encode, decode and chat templates with transformers 4.55.2.
 """
 
-from .base import AddedToken, BatchEncoding, Tokenizer
+from .base import AddedToken, BatchEncoding, Tokenizer, TokenizerFileError
 from .bpe import BPETokenizer, BytePairModel
 from .chat import ChatTemplateError, ChatTemplateRefusal, render_chat_template
 from .loading import load_tokenizer
@@ -39,6 +39,7 @@ __all__ = [
     "SentencePieceTokenizer",
     "StreamDecoder",
     "Tokenizer",
+    "TokenizerFileError",
     "load_tokenizer",
     "render_chat_template",
 ]

@@ -22,6 +22,10 @@ import torch
 from .chat import render_chat_template
 
 
+class TokenizerFileError(ValueError):
+    """A tokenizer file that cannot be read or understood; the message names the file."""
+
+
 @dataclass(frozen=True)
 class AddedToken:
     """A token matched whole in the text before the model's own splitting (HF ``added_tokens``)."""

@@ -18,7 +18,7 @@ from typing import Any
 
 import gguf
 
-from .base import AddedToken
+from .base import AddedToken, TokenizerFileError
 from .bpe import BPETokenizer, BytePairModel
 from .pretokenize import steps_from_gguf_name
 
@@ -35,16 +35,16 @@ def bpe_from_gguf(path: str | Path) -> BPETokenizer:
     try:
         reader = gguf.GGUFReader(str(path))
     except (ValueError, OSError, IndexError) as error:  # not GGUF, or cut short
-        raise ValueError(f"{path} could not be read as a GGUF file ({error}).") from None
+        raise TokenizerFileError(f"{path} could not be read as a GGUF file ({error}).") from None
     kind = _field(reader, "tokenizer.ggml.model")
     if kind != "gpt2":
-        raise ValueError(
+        raise TokenizerFileError(
             f"{path}: tokenizer.ggml.model is {kind!r}; only byte-level BPE ('gpt2') is read from a GGUF. "
             "For a SentencePiece model use its tokenizer.model."
         )
     tokens, merge_lines = _field(reader, "tokenizer.ggml.tokens"), _field(reader, "tokenizer.ggml.merges")
     if not tokens or not merge_lines:
-        raise ValueError(f"{path} has no tokenizer.ggml.tokens / tokenizer.ggml.merges; use the model's tokenizer.json.")
+        raise TokenizerFileError(f"{path} has no tokenizer.ggml.tokens / tokenizer.ggml.merges; use the model's tokenizer.json.")
     types: list[int] = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens))
     merges = [tuple(line.split(" ", 1)) for line in merge_lines]
     added = [AddedToken(i, token, special=token_type == CONTROL)

@@ -16,7 +16,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .base import AddedToken, Tokenizer
+from .base import AddedToken, Tokenizer, TokenizerFileError
 from .bpe import BPETokenizer, BytePairModel
 from .gguf_vocab import bpe_from_gguf
 from .pretokenize import steps_from_json
@@ -30,15 +30,15 @@ def read_json(path: Path) -> Any:
     try:
         data = json.loads(read_text(path))
     except json.JSONDecodeError as error:
-        raise ValueError(
+        raise TokenizerFileError(
             f"{path} is not valid JSON (line {error.lineno}, column {error.colno}: {error.msg}). "
             "Re-download or re-export the tokenizer files."
         ) from None
     except RecursionError:
-        raise ValueError(f"{path} is nested too deeply to be a tokenizer file. Re-download or re-export the "
+        raise TokenizerFileError(f"{path} is nested too deeply to be a tokenizer file. Re-download or re-export the "
                          "tokenizer files.") from None
     if not isinstance(data, dict):  # every tokenizer file read here is one JSON object {...}
-        raise ValueError(f"{path} holds a JSON {type(data).__name__}, not an object {{...}}: it is not a "
+        raise TokenizerFileError(f"{path} holds a JSON {type(data).__name__}, not an object {{...}}: it is not a "
                          "tokenizer file. Re-download or re-export the tokenizer files.")
     return data
 
@@ -48,9 +48,9 @@ def read_text(path: Path) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except PermissionError:
-        raise ValueError(f"{path} cannot be read (permission denied): fix its permissions") from None
+        raise TokenizerFileError(f"{path} cannot be read (permission denied): fix its permissions") from None
     except UnicodeDecodeError as error:
-        raise ValueError(f"{path} is not UTF-8 text (byte {error.start}). Re-download or re-export the tokenizer "
+        raise TokenizerFileError(f"{path} is not UTF-8 text (byte {error.start}). Re-download or re-export the tokenizer "
                          "files.") from None
 
 
@@ -96,7 +96,7 @@ def _post_processor_tokens(spec: dict | None) -> tuple[list[str], list[str]]:
             else:
                 (suffix if seen_sequence else prefix).append(item["SpecialToken"]["id"])
         return prefix, suffix
-    raise ValueError(f"post_processor type {spec.get('type')!r} is not supported (ByteLevel, TemplateProcessing).")
+    raise TokenizerFileError(f"post_processor type {spec.get('type')!r} is not supported (ByteLevel, TemplateProcessing).")
 
 
 def _unicode_forms(spec: dict | None, source: Path) -> list[str]:
@@ -107,7 +107,7 @@ def _unicode_forms(spec: dict | None, source: Path) -> list[str]:
         return [form for sub in spec["normalizers"] for form in _unicode_forms(sub, source)]
     if spec.get("type") in ("NFC", "NFD", "NFKC", "NFKD"):
         return [spec["type"]]
-    raise ValueError(f"{source}: normalizer {spec.get('type')!r} is not supported (NFC, NFD, NFKC, NFKD only).")
+    raise TokenizerFileError(f"{source}: normalizer {spec.get('type')!r} is not supported (NFC, NFD, NFKC, NFKD only).")
 
 
 def is_byte_level(spec: dict) -> bool:
@@ -120,12 +120,12 @@ def bpe_from_tokenizer_json(tokenizer_file: Path, spec: dict | None = None) -> B
     spec = read_json(tokenizer_file) if spec is None else spec
     model = spec.get("model", {})
     if not is_byte_level(spec):
-        raise ValueError(
+        raise TokenizerFileError(
             f"{tokenizer_file} is not a byte-level BPE tokenizer (model {model.get('type')!r}). "
             "For a SentencePiece model, load the folder's tokenizer.model instead."
         )
     if "vocab" not in model or "merges" not in model:
-        raise ValueError(f"{tokenizer_file}: the BPE model has no vocab or merges; the file is incomplete.")
+        raise TokenizerFileError(f"{tokenizer_file}: the BPE model has no vocab or merges; the file is incomplete.")
     merges = [tuple(m.split(" ", 1)) if isinstance(m, str) else tuple(m) for m in model["merges"]]
     config = read_tokenizer_config(tokenizer_file.parent)
     prefix, suffix = _post_processor_tokens(spec.get("post_processor"))
@@ -168,7 +168,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
         if path.name in ("tokenizer.json", "tokenizer.model"):
             path = path.parent
         else:
-            raise ValueError(f"{path} is not a tokenizer file (expected tokenizer.json, tokenizer.model or .gguf).")
+            raise TokenizerFileError(f"{path} is not a tokenizer file (expected tokenizer.json, tokenizer.model or .gguf).")
     return _load_from_folder(path)
 
 
@@ -177,7 +177,7 @@ def check_special_tokens(tokenizer: Tokenizer, folder: Path) -> Tokenizer:
     for name in SPECIAL_TOKEN_NAMES:
         token = getattr(tokenizer, name)
         if token is not None and tokenizer.token_to_id(token) is None:
-            raise ValueError(f"{folder}: the config files name {name} {token!r}, which is not in the vocabulary "
+            raise TokenizerFileError(f"{folder}: the config files name {name} {token!r}, which is not in the vocabulary "
                              "or the added tokens; fix tokenizer_config.json / special_tokens_map.json.")
     return tokenizer
 

@@ -2,17 +2,15 @@
 
 Eager PyTorch launches each of a step's ~700 small operations (norms, RoPE, residual adds, the cache write)
 from Python, one at a time: for a small model like SmolLM2-135M that overhead is of the order of the matrix
-products themselves (docs/performance.md). `torch.compile` traces one decode
-step into a graph and generates fused C++ kernels for the small operations, leaving the matrix products to the
-hand-written one-row / few-row kernel (a custom operator the graph calls) or BLAS.
+products themselves (docs/performance.md). `torch.compile` traces one decode step into a graph and generates
+fused C++ kernels for the small operations, leaving the matrix products to the hand-written one-row / few-row
+kernel (a custom operator the graph calls) or BLAS.
 
-A compiled graph is reused only while shapes and Python values stay the same, so everything that changes
-from step to step lives in tensors:
-- `SlotCache`: per layer, key/value buffers with a fixed number of slots, rounded up to a multiple of
-  SLOT_BUCKET so prompts of different lengths share one graph; a step writes at `slots` with index_copy_;
-- attention reads every slot, masked to the filled, non-padding ones (`slot_mask`), instead of a view that
-  grows each step;
-- positions (for RoPE) and the mask come in as tensors.
+A compiled graph is reused only while shapes and Python values stay the same, so the step runs the model's own
+forward over a `SlotCache` (cache/slot.py): fixed buffers whose slot count is rounded up to a multiple of
+SLOT_BUCKET, so prompts of different lengths share one graph; the slots written, the positions (for RoPE) and
+the mask over every slot come in as tensors. There is no second forward pass: the step is `model(...)`.
+
 The prompt (a new length every time) runs through the same `decode_step` eagerly; only the one-token step is
 compiled (once per model, dtype, batch size and slot count in a process, tens of seconds on a small CPU;
 inductor's on-disk cache shortens it in later processes). So it pays off for long generations. Beam search
@@ -20,8 +18,8 @@ inductor's on-disk cache shortens it in later processes). So it pays off for lon
 copied to its beams (`prefill(..., repeats=K)`), and `reorder` moves the filled slots after the beams each step.
 
 Half precision on the CPU: the cache keeps keys and values in float32, because the CPU attention kernel is
-several times slower in bf16/fp16 (docs/performance.md), and
-attention over float32 keys is the more exact of the two.
+several times slower in bf16/fp16 (docs/performance.md), and attention over float32 keys is the more exact of
+the two.
 """
 
 from __future__ import annotations
@@ -32,6 +30,7 @@ import shutil
 
 import torch
 
+from cache.slot import SlotCache
 from model.causal_lm import default_position_ids
 from model.layers import Attention, DecoderBlock
 from model.linear import StackedLinear
@@ -39,41 +38,12 @@ from model.linear import StackedLinear
 SLOT_BUCKET = 256  # cache slots come in multiples of this: one compiled graph serves many prompt lengths
 
 
-class SlotCache:
-    """Keys/values of every layer in (B, n_kv, num_slots, d) buffers; `slots` says where this call writes."""
-
-    def __init__(self, config, batch_size: int, num_slots: int, dtype: torch.dtype, device: torch.device):
-        head_dim = config.head_dim or config.hidden_size // config.num_attention_heads
-        shape = (batch_size, config.num_key_value_heads, num_slots, head_dim)
-        self.keys = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.values = [torch.zeros(shape, dtype=dtype, device=device) for _ in range(config.num_hidden_layers)]
-        self.slot_index = torch.arange(num_slots, device=device)  # (S,)
-        self.slots = self.slot_index[:1]  # (T,) set by decode_step before the blocks run
-
-    def update(self, keys: torch.Tensor, values: torch.Tensor, layer_idx: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """Write (B, n_kv, T, d) at `slots`; return every slot (B, n_kv, S, d): the mask hides the unwritten."""
-        self.keys[layer_idx].index_copy_(2, self.slots, keys.to(self.keys[layer_idx].dtype))
-        self.values[layer_idx].index_copy_(2, self.slots, values.to(self.values[layer_idx].dtype))
-        return self.keys[layer_idx], self.values[layer_idx]
-
-
 def decode_step(model, tokens: torch.Tensor, slots: torch.Tensor, position_ids: torch.Tensor,
-                slot_mask: torch.Tensor, cache: SlotCache) -> torch.Tensor:
-    """The model's forward over `cache`'s fixed slots: tokens (B, T) go to slots (T,) at positions (B, T).
-
-    slot_mask (B, S) is True for the slots holding a real token, these T included. Returns the logits of the
-    last position, (B, 1, V). The blocks are the model's own; only the cache and the mask differ.
-    """
-    cache.slots = slots
-    x = model.embed_tokens(tokens)  # (B, T, H)
-    cos, sin = model.rotary(position_ids, x.dtype)
-    key_slots = cache.slot_index[None, :]  # (1, S)
-    causal = key_slots <= slots[:, None]  # (T, S)
-    # A padding query still sees its own slot, so no softmax row is empty (its output is never read).
-    mask = ((causal[None] & slot_mask[:, None, :]) | (key_slots == slots[:, None])[None])[:, None]  # (B, 1, T, S)
-    for block in model.layers:
-        x = block(x, cos, sin, mask, cache)
-    return model.logits_from_hidden(x[:, -1:])  # (B, 1, V)
+                cache: SlotCache) -> torch.Tensor:
+    """The model's own forward with tokens (B, T) written to slots (T,) at positions (B, T) of `cache`, whose
+    slot_mask must be True at these slots for real tokens. Returns the last position's logits (B, 1, V)."""
+    mask = cache.attention_mask(slots)  # (B, 1, T, S)
+    return model(tokens, attention_mask=mask, position_ids=position_ids, cache=cache, logits_to_keep=1).logits
 
 
 @functools.cache
@@ -118,7 +88,6 @@ class CompiledDecoder:
         kv_dtype = torch.float32 if half_on_cpu else model.dtype
         self.model = model
         self.cache = SlotCache(model.config, batch_size, num_slots, kv_dtype, model.device)
-        self.slot_mask = torch.zeros(batch_size, num_slots, dtype=torch.bool, device=model.device)
         self.step = compiled_decode_step(model.device.type) if compile else decode_step
         self.length = 0  # slots filled so far
         self.next_positions = None  # (B, 1) the position of each row's next token
@@ -132,12 +101,14 @@ class CompiledDecoder:
         """
         B, T = input_ids.shape
         real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        self.slot_mask[:, :T] = real.repeat_interleave(repeats, dim=0)
+        self.cache.slot_mask[:, :T] = real.repeat_interleave(repeats, dim=0)
         position_ids = default_position_ids(attention_mask, 0, T, input_ids.device)  # (B or 1, T)
         slots = self.cache.slot_index[:T]
-        cache = self.cache if repeats == 1 else SlotCache(self.model.config, B, self.cache.slot_index.numel(),
-                                                           self.cache.keys[0].dtype, self.model.device)
-        logits = decode_step(self.model, input_ids, slots, position_ids, self.slot_mask[::repeats], cache)
+        cache = self.cache
+        if repeats > 1:  # the prompts' own cache, one row per prompt
+            cache = SlotCache(self.model.config, B, self.cache.num_slots, self.cache.keys[0].dtype, self.model.device)
+            cache.slot_mask[:, :T] = real
+        logits = decode_step(self.model, input_ids, slots, position_ids, cache)
         if repeats > 1:
             for buffers, prompt_buffers in ((self.cache.keys, cache.keys), (self.cache.values, cache.values)):
                 for buffer, prompt_buffer in zip(buffers, prompt_buffers):
@@ -150,19 +121,16 @@ class CompiledDecoder:
     def reorder(self, index: torch.Tensor) -> None:
         """Rows become rows[index] (beam search keeps the beams it continues): the filled slots, the mask and
         the positions. index (rows,)."""
-        filled = self.length
-        for buffer in (*self.cache.keys, *self.cache.values):
-            buffer[:, :, :filled] = buffer[:, :, :filled].index_select(0, index)
-        self.slot_mask = self.slot_mask.index_select(0, index)
+        self.cache.reorder(index, self.length)
         self.next_positions = self.next_positions.index_select(0, index)
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """The newest tokens (B, 1) -> logits (B, 1, V)."""
         step = self.step if stacks_are_current(self.model) else decode_step  # a replaced weight: run eagerly
-        self.slot_mask[:, self.length] = True
+        self.cache.slot_mask[:, self.length] = True
         slots = torch.full((1,), self.length, device=tokens.device)  # (1,) a new tensor: a view would differ in offset
         tokens = tokens.contiguous()  # a column of a longer buffer (beam search's) has other strides: a new graph
-        logits = step(self.model, tokens, slots, self.next_positions, self.slot_mask, self.cache)
+        logits = step(self.model, tokens, slots, self.next_positions, self.cache)
         self.length += 1
         self.next_positions = self.next_positions + 1
         return logits

@@ -104,7 +104,8 @@ class CausalLM(nn.Module):
                 position_ids: torch.Tensor | None = None, cache=None, output_hidden_states: bool = False,
                 logits_to_keep: int = 0) -> CausalLMOutput:
         """input_ids (B, T) -> logits (B, T_kept, vocab): the blocks (`hidden_states`), then the head
-        (`logits_from_hidden`). attention_mask (B, past + T) has 0 for padding; cache is updated in place.
+        (`logits_from_hidden`). attention_mask (B, past + T) has 0 for padding (or is a 4-D mask: see
+        `attention_masks`); cache is updated in place.
 
         logits_to_keep > 0 computes logits (and keeps hidden states) only for the last that many positions:
         a decode step needs one, and the head is the largest matmul of a small model.
@@ -129,15 +130,12 @@ class CausalLM(nn.Module):
         if not layers or any(not 0 <= j <= N for j in layers):
             raise ValueError(f"layers must be numbers in [0, {N}] (0 = embeddings, j = block j), got {list(layers)}")
         B, T = input_ids.shape
-        past = cache.get_seq_length() if cache is not None else 0
         if position_ids is None:
+            past = cache.get_seq_length() if cache is not None else 0
             position_ids = default_position_ids(attention_mask, past, T, input_ids.device)
         x = self.embed_tokens(input_ids)  # (B, T, H)
         cos, sin = self.rotary(position_ids, x.dtype)  # (B, T, d) each, shared by every block
-        # One mask per attention type, (B or 1, 1, T, S); GPT-OSS alternates full and sliding-window layers.
-        masks = {"full_attention": build_attention_mask(attention_mask, T, past + T, input_ids.device)}
-        if "sliding_attention" in (self.config.layer_types or ()):
-            masks["sliding_attention"] = self.sliding_window_mask(attention_mask, T, cache)
+        masks = self.attention_masks(attention_mask, T, cache, input_ids.device)
         keep = slice(-keep_last, None) if keep_last else slice(None)
         kept = {0: x[:, keep]} if 0 in layers else {}
         for j, block in enumerate(self.layers[:max(layers)], start=1):
@@ -145,6 +143,21 @@ class CausalLM(nn.Module):
             if j in layers:
                 kept[j] = x[:, keep]
         return tuple(kept[j] for j in layers)
+
+    def attention_masks(self, attention_mask: torch.Tensor | None, new_length: int, cache,
+                        device: torch.device) -> dict[str, torch.Tensor | None]:
+        """One mask per attention type, (B or 1, 1, T, S); GPT-OSS alternates full and sliding-window layers.
+
+        attention_mask is (B, past + T) with 0 for padding, or a boolean (B, 1, T, S) mask already built for the
+        cache's keys, used as it is (the slot cache of the compiled step builds one: cache/slot.py).
+        """
+        if attention_mask is not None and attention_mask.dim() == 4:
+            return {"full_attention": attention_mask}
+        past = cache.get_seq_length() if cache is not None else 0
+        masks = {"full_attention": build_attention_mask(attention_mask, new_length, past + new_length, device)}
+        if "sliding_attention" in (self.config.layer_types or ()):
+            masks["sliding_attention"] = self.sliding_window_mask(attention_mask, new_length, cache)
+        return masks
 
     def logits_from_hidden(self, states: torch.Tensor, norm: bool = True) -> torch.Tensor:
         """Residual-stream states (..., H), of any layers stacked together, -> logits (..., vocab) in one matmul.

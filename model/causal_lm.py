@@ -152,6 +152,9 @@ class CausalLM(nn.Module):
         cache's keys, used as it is (the slot cache of the compiled step builds one: cache/slot.py).
         """
         if attention_mask is not None and attention_mask.dim() == 4:
+            if "sliding_attention" in (self.config.layer_types or ()):
+                raise ValueError("a 4-D attention_mask serves full-attention layers only; this model has "
+                                 "sliding-window layers: pass the (B, past + T) padding mask instead")
             return {"full_attention": attention_mask}
         past = cache.get_seq_length() if cache is not None else 0
         masks = {"full_attention": build_attention_mask(attention_mask, new_length, past + new_length, device)}

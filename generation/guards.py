@@ -11,6 +11,8 @@ import math
 
 import torch
 
+from .options import OptionError
+
 LARGEST_EXPONENT = 700.0  # exp(709.8) is the largest float64; keep a margin
 
 
@@ -38,6 +40,6 @@ def check_length_penalty(length_penalty: float, max_new_tokens: int) -> None:
     exponent = abs(length_penalty) * math.log(max(max_new_tokens, 1))
     if exponent > LARGEST_EXPONENT:
         largest = LARGEST_EXPONENT / math.log(max_new_tokens)
-        raise ValueError(f"length_penalty {length_penalty:g} is too large for max_new_tokens {max_new_tokens}: "
-                         f"length ** length_penalty overflows; use a length_penalty between {-largest:.0f} and "
-                         f"{largest:.0f}")
+        raise OptionError(f"length_penalty {length_penalty:g} is too large for max_new_tokens {max_new_tokens}: "
+                          f"length ** length_penalty overflows; use a length_penalty between {-largest:.0f} and "
+                          f"{largest:.0f}", "length_penalty", "max_new_tokens")

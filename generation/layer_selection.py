@@ -29,10 +29,10 @@ from typing import Any, Sequence
 
 import torch
 
-from .dola import DOLA_VARIANTS, DoLa, check_dola_arguments
+from .dola import DOLA_VARIANTS, DoLa
 from .dola_choice import resolve_dola_layers
-from .entropy import ENTROPY_STRATEGIES, EntropyLayerChoice, check_entropy_arguments
-from .options import SWITCH, option
+from .entropy import ENTROPY_STRATEGIES, EntropyLayerChoice
+from .options import SWITCH, OptionError, check_declared, is_bool, number_in, option, optional
 from .steps import LogitsStep
 
 
@@ -55,28 +55,29 @@ class LayerSelectionOptions:
         None, "DoLa: contrast with these premature layers: 'low', 'high', 'bucket0'..'bucket2', a list of layer "
         "numbers, or a choice .json of select_dola_bucket.py (None = no DoLa)", cli=dola_layers_value,
         metavar="LAYERS")
-    dola_variant: str = option("paper", f"DoLa: the paper's formulas or transformers 4.55.2's, exactly "
-                               f"{DOLA_VARIANTS}", cli=str, metavar="{paper,transformers}")
-    dola_alpha: float = option(0.1, "DoLa's adaptive plausibility constraint alpha (eq. 4)", cli=float, metavar="A")
-    entropy_decoding: str | None = option(None, f"decode from the layer chosen by the entropy of its early-exit "
-                                          f"distribution {ENTROPY_STRATEGIES} (None = off)", cli=str,
+    dola_variant: str = option("paper", "DoLa: the paper's formulas or transformers 4.55.2's, exactly",
+                               lambda v: v in DOLA_VARIANTS, f"one of {DOLA_VARIANTS}", cli=str,
+                               metavar="{paper,transformers}")
+    dola_alpha: float = option(0.1, "DoLa's adaptive plausibility constraint alpha (eq. 4)", number_in(0, 1),
+                               "in [0, 1] (0.1 in the paper)", cli=float, metavar="A")
+    entropy_decoding: str | None = option(None, "decode from the layer chosen by the entropy of its early-exit "
+                                          "distribution (None = off)", lambda v: v is None or v in ENTROPY_STRATEGIES,
+                                          f"one of {ENTROPY_STRATEGIES} (or None for plain decoding)", cli=str,
                                           metavar="{trough,random_after}")
     entropy_record_tokens: bool = option(False, "entropy decoding: record every layer's top token and entropy "
-                                         "(computes all layers)", cli=SWITCH)
-    entropy_normalize: bool = option(False, "entropy decoding: entropy / log2(vocab_size)", cli=SWITCH)
+                                         "(computes all layers)", is_bool, "True or False", cli=SWITCH)
+    entropy_normalize: bool = option(False, "entropy decoding: entropy / log2(vocab_size)", is_bool,
+                                     "True or False", cli=SWITCH)
     entropy_consistency_alpha: float | None = option(None, "entropy decoding: rank layers by -H_j + alpha x "
-                                                     "cos(h_j, h_N)", cli=float, metavar="A")
+                                                     "cos(h_j, h_N)", optional(number_in(0, float("inf"), False, True)),
+                                                     "a finite number >= 0 or None", cli=float, metavar="A")
 
     def __post_init__(self) -> None:
+        for f in fields(self):
+            check_declared(f, getattr(self, f.name))
         if self.dola_layers is not None and self.entropy_decoding is not None:
-            raise ValueError("dola_layers and entropy_decoding each replace the next-token distribution; "
-                             "use one of them")
-        check_dola_arguments(self.dola_variant, self.dola_alpha)
-        if self.entropy_decoding is not None:
-            check_entropy_arguments(self.entropy_decoding, self.entropy_consistency_alpha)
-        for name in ("entropy_record_tokens", "entropy_normalize"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            raise OptionError("dola_layers and entropy_decoding each replace the next-token distribution; use one "
+                              "of them", "dola_layers", "entropy_decoding")
 
     @classmethod
     def pop_from(cls, options: dict[str, Any]) -> "LayerSelectionOptions":
@@ -92,7 +93,10 @@ class LayerSelectionOptions:
             if self.dola_variant == "transformers" and num_beams > 1:
                 raise ValueError("dola_variant='transformers' reproduces transformers 4.55.2, which has no "
                                  "DoLa beam search; use dola_variant='paper' with num_beams > 1")
-            return [DoLa.for_model(config, self.dola_layers, self.dola_variant, self.dola_alpha)]
+            try:
+                return [DoLa.for_model(config, self.dola_layers, self.dola_variant, self.dola_alpha)]
+            except ValueError as err:  # the layers do not fit this model
+                raise OptionError(str(err), "dola_layers") from None
         if self.entropy_decoding is not None:
             if config.num_hidden_layers < 2:
                 raise ValueError("entropy_decoding chooses among the layers, and this model has only one")

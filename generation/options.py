@@ -30,6 +30,7 @@ from .steps import LogitsStep, StepNeeds
 from .warpers import EpsilonCutoff, EtaCutoff, MinP, Temperature, TopK, TopP, TypicalP
 
 SWITCH = "switch"  # a command-line flag without a value (True when given)
+OTHER_FLAGS = {"logprobs": "--show-logprobs"}  # options the command line sets through a flag of another name
 
 
 class OptionError(ValueError):
@@ -43,7 +44,8 @@ class OptionError(ValueError):
         """The message with each option named as its flag: "top_p must be ..." -> "--top-p must be ..."."""
         message = str(self)
         for name in sorted(self.names, key=len, reverse=True):
-            message = re.sub(rf"(?<![-\w]){name}(=True)?\b", "--" + name.replace("_", "-"), message)
+            shown = OTHER_FLAGS.get(name, "--" + name.replace("_", "-"))
+            message = re.sub(rf"(?<![-\w]){name}(=True)?\b", shown, message)
         return message
 
 
@@ -445,7 +447,8 @@ def _check_attention_mask(attention_mask: Any, input_ids: torch.Tensor) -> None:
 def refuse_unsupported(options: GenerationOptions, needs: StepNeeds, model, input_ids: torch.Tensor,
                        attention_mask: torch.Tensor | None, mode: str) -> None:
     """Every refusal of a combination, in one place. mode: "generate", "stream", "assisted" (speculative
-    decoding and hybrid routing: one prompt, two models). model None: only the checks that need no weights."""
+    decoding and hybrid routing: one prompt, two models). model and input_ids None (the command line, before
+    loading): only the checks that need neither."""
     o = options
     beams, contrastive = o.num_beams > 1, o.penalty_alpha is not None
     refusals = [
@@ -482,7 +485,8 @@ def refuse_unsupported(options: GenerationOptions, needs: StepNeeds, model, inpu
 
 def _refuse_for_two_models(options: GenerationOptions, needs: StepNeeds, input_ids: torch.Tensor,
                            attention_mask: torch.Tensor | None) -> None:
-    if input_ids.shape[0] != 1 or (attention_mask is not None and not bool(attention_mask.all())):
+    if input_ids is not None and (input_ids.shape[0] != 1 or
+                                  (attention_mask is not None and not bool(attention_mask.all()))):
         raise ValueError(f"speculative decoding and hybrid routing take one unpadded prompt, input_ids of shape "
                          f"(1, T); got {tuple(input_ids.shape)}" + (" with padding" if attention_mask is not None
                                                                     else "") + ": call once per prompt")

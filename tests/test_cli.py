@@ -131,7 +131,35 @@ CASES = {
                                   "column_major_blocks"], {"dola_layers": "high"}),
     "compiled_step": (["--compile"], {}),
     "compiled_beams": (["--compile", "--num-beams", "3"], {"num_beams": 3}),
+    "contrastive": (["--penalty-alpha", "0.6", "--top-k", "4"], {"penalty_alpha": 0.6, "top_k": 4}),
+    "typical_eta": (["--do-sample", "--typical-p", "0.8", "--eta-cutoff", "0.001", "--seed", "2"],
+                    {"do_sample": True, "typical_p": 0.8, "eta_cutoff": 0.001, "top_k": 0, "seed": 2}),
+    "bad_words_bias": (["--bad-words-ids", "[[11], [12, 13]]", "--sequence-bias", "[[[40], 2.5]]"],
+                       {"bad_words_ids": [[11], [12, 13]], "sequence_bias": [[[40], 2.5]]}),
 }
+
+
+def test_show_logprobs_prints_each_tokens_log_probability_as_transformers(tiny, cli, capsys):
+    """--show-logprobs --top-logprobs 2: after the text, one line per token: the token, log p (transformers'
+    compute_transition_scores on the same weights), then the 2 best alternatives."""
+    expected, new = hf_generate(tiny, "Tell me a story.", max_new_tokens=5)
+    _, hf, hf_tok = tiny
+    messages = [{"role": "user", "content": "Tell me a story."}]
+    ids = hf_tok.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt")
+    out = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5, do_sample=False, pad_token_id=EOS,
+                      eos_token_id=EOS, return_dict_in_generate=True, output_scores=True)
+    reference = hf.compute_transition_scores(out.sequences, out.scores, normalize_logits=True)[0]
+    code, text, err = run_main(cli, capsys, "--model", str(tiny[0]), "--device", "cpu", "--prompt",
+                               "Tell me a story.", "--max-new-tokens", "5", "--show-logprobs", "--top-logprobs", "2")
+    assert code == 0, err
+    head, table = text.split("--- log-probabilities ---\n")
+    assert head == expected[0] + "\n"
+    rows = [row.split("\t") for row in table.splitlines()]
+    assert len(rows) == 5
+    for (value, shown, alternatives), token, logprob in zip(rows, new[0].tolist(), reference.tolist()):
+        assert shown == repr(hf_tok.decode([token])) and abs(float(value) - logprob) < 1e-3
+        best = alternatives.split("  ")
+        assert len(best) == 2 and best[0] == f"{shown}={float(value):.4f}"  # greedy: the chosen token is the best
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -314,7 +342,7 @@ BAD_INPUT = [  # (arguments, exit code, a piece of the message)
     (["--prompt", "hi", "--no-chat", "--system", "Be kind."], 2, "--system needs chat formatting"),
     (["--prompt", "hi", "--dola-layers", "high", "--entropy-decoding", "trough"], 2, "use one of them"),
     (["--prompt", "hi", "--dola-layers", "1,7"], 2, "--dola-layers"),
-    (["--prompt", "hi", "--dola-alpha", "2", "--dola-layers", "high"], 2, "alpha must lie in [0, 1]"),
+    (["--prompt", "hi", "--dola-alpha", "2", "--dola-layers", "high"], 2, "--dola-alpha must be in [0, 1]"),
     (["--prompt", "hi", "--entropy-decoding", "trough", "--entropy-consistency-alpha", "-1"], 2,
      "--entropy-consistency-alpha must be a finite number >= 0"),
     (["--prompt", "hi", "--threshold", "2"], 2, "--threshold belongs to --strategy entropy or uncertainty"),
@@ -326,8 +354,13 @@ BAD_INPUT = [  # (arguments, exit code, a piece of the message)
     (["--prompt", "hi", "--plot", "x.png"], 2, "--plot draws layer records or a profile"),
     (["--prompt", "hi", "--profile", "/no/dir/p.json"], 2, "the folder /no/dir does not exist"),
     (["--prompt", "hi", "--threads", "0"], 2, "--threads must be >= 1"),
-    (["--prompt", "hi", "--compile", "--dola-layers", "high"], 2, "--dola-layers reads every layer's hidden state"),
-    (["--prompt", "hi", "--compile", "--self-speculative", "1"], 2, "--strategy speculative runs its own loop"),
+    (["--prompt", "hi", "--compile", "--dola-layers", "high"], 2, "a step here reads every layer's hidden state"),
+    (["--prompt", "hi", "--compile", "--self-speculative", "1"], 2, "speculative decoding and hybrid routing run their own"),
+    (["--prompt", "hi", "--penalty-alpha", "0.6"], 2, "contrastive search) re-ranks the --top-k most likely tokens: give --top-k > 1"),
+    (["--prompt", "hi", "--num-beams", "2", "--show-logprobs"], 2, "--show-logprobs / --top-logprobs are per chosen token"),
+    (["--prompt", "hi", "--stop-regex", "a(b"], 2, "--stop-regex must be a valid, non-empty regular expression"),
+    (["--prompt", "hi", "--bad-words-ids", "[[1,"], 2, "is not valid JSON"),
+    (["--prompt", "hi", "--frequency-penalty", "5"], 2, "--frequency-penalty must be a number in [-2, 2]"),
     (["--prompt", "hi", "--model", broken_checkpoint], 1, "not a readable safetensors file"),
     (["--prompt", "hi", "--model", bad_config], 1, "must be divisible by num_key_value_heads"),
     (["--prompt", "hi", "--model", no_tokenizer], 1, "tokenizer"),
@@ -376,8 +409,18 @@ def test_help_lists_every_option_with_examples():
                  "--num-return-sequences", "--stop", "--dola-layers", "--dola-variant", "--dola-alpha",
                  "--entropy-decoding", "--entropy-normalize", "--entropy-consistency-alpha", "--plot",
                  "--draft-model", "--self-speculative", "--strategy", "--num-draft-tokens", "--threshold",
-                 "--profile", "--threads", "--compile", "--int8"]:
+                 "--profile", "--threads", "--compile", "--int8", "--typical-p", "--epsilon-cutoff", "--eta-cutoff",
+                 "--penalty-alpha", "--min-new-tokens", "--bad-words-ids", "--sequence-bias", "--frequency-penalty",
+                 "--presence-penalty", "--stop-regex", "--stop-on-json", "--max-time", "--show-logprobs",
+                 "--top-logprobs", "--entropy-record-tokens"]:
         assert re.search(rf"^\s+{flag}\b", result.stdout, flags=re.M), f"{flag} is not listed"
+    from generation.options import option_fields
+
+    for f in option_fields():  # every option of generate(): a flag of the same name, or --help says why not
+        if f.metadata["cli"] is not None:
+            assert re.search(rf"^\s+--{f.name.replace('_', '-')}\b", result.stdout, flags=re.M), f.name
+        else:
+            assert f.metadata["api_only"] and re.search(rf"^\s+{f.name}: ", result.stdout, flags=re.M), f.name
     examples = result.stdout.split("examples:")[1]
     assert examples.count("scripts/generate.py --prompt") >= 5
     assert "stop: eos]" in examples and "Exit codes" in examples

@@ -293,7 +293,7 @@ def test_entropy_composes_with_sampling_and_beams(tied6):
     (dict(dola_layers="high", entropy_decoding="trough"), "use one of them"),
     (dict(dola_layers="top"), "dola_layers must be"),
     (dict(dola_layers=[9]), r"layer indices in 0\.\.7"),
-    (dict(dola_layers="high", dola_alpha=2.0), "alpha must lie"),
+    (dict(dola_layers="high", dola_alpha=2.0), r"dola_alpha must be in \[0, 1\]"),
     (dict(dola_layers="high", dola_variant="hf"), "dola_variant must be one of"),
     (dict(dola_layers="high", dola_variant="transformers", num_beams=2), "no DoLa beam search"),
     (dict(entropy_decoding="lowest"), "entropy_decoding must be one of"),

@@ -22,6 +22,8 @@ import torch
 from conftest import default_model_dir, save_tiny_llama
 from generation import generate
 from generation.dola import bucket_layers, dola_buckets
+from generation.dola_choice import resolve_dola_layers
+from generation.layer_selection import dola_layers_value
 from generation.scoring import score_continuations
 from model import load_pretrained
 
@@ -103,7 +105,7 @@ def test_a_winning_bucket_is_chosen_saved_and_read_back(script, tiny_with_tokeni
     expected = generate(model, ids, max_new_tokens=8, eos_token_id=[], dola_layers=layers)
     from_file = generate(model, ids, max_new_tokens=8, eos_token_id=[], dola_layers=str(output))
     assert torch.equal(from_file.sequences, expected.sequences)
-    assert load_script("generate.py").dola_layers_type(str(output)) == layers
+    assert resolve_dola_layers(dola_layers_value(str(output))) == layers  # --dola-layers choice.json
 
 
 def test_a_broken_choice_file_is_refused(tmp_path, tiny_with_tokenizer):
@@ -129,4 +131,4 @@ def test_smollm2_verdict_is_dola_off_and_the_file_means_plain_decoding(script, d
     ids = torch.tensor([[1, 504, 3458, 282, 4649, 314]])
     plain = generate(model, ids, max_new_tokens=8)
     assert torch.equal(generate(model, ids, max_new_tokens=8, dola_layers=str(output)).sequences, plain.sequences)
-    assert load_script("generate.py").dola_layers_type(str(output)) is None
+    assert resolve_dola_layers(dola_layers_value(str(output))) is None

@@ -72,7 +72,7 @@ Two models (one prompt at a time; same options as generate(), output with .seque
 speculative.py + drafting.py (`speculative_generate(target, draft_model_or_k, ids)`: a draft model or the
 target's first k layers propose, the target verifies), hybrid.py + uncertainty.py (`hybrid_generate(small,
 large, ids, routing_metric=..., threshold=...)`: per-token routing by entropy or LogU uncertainty),
-profiling.py (`generate_with_profile`: per-token records, percentiles, plots, JSON), assisted.py (shared).
+profiling.py (`generate_with_profile`: per-token records, percentiles, plots, JSON), two_models.py (what the two-model decoders share).
 
 Decisions: temperature=0 with do_sample=True means greedy (the T -> 0 limit); top_k defaults to off (not
 transformers' 50); temperature/top_k/top_p/min_p are ignored with a warning when do_sample=False, as in

@@ -38,14 +38,14 @@ def plot_layer_analysis(records: dict[str, Any], tokenizer, path: str | Path, ro
     panels = []  # (draw function, height in panel units)
     if "entropy_per_layer" in stacked:
         panels.append((_entropy_panel, 1))
-    if "dola_jsd" in stacked:
+    if "dola_jsd" in stacked or "dola_layer_score" in stacked:
         panels.append((_jsd_panel, 1))
     if "entropy_per_layer_token_ids" in stacked:
         panels.append((_logit_lens_panel, 2))  # one table row per layer needs the room
     if not panels:
         raise ValueError("no layer records to plot: generate with entropy_decoding=... and entropy_record_tokens=True, "
                          "or with dola_layers=..., and pass out.records")
-    rows = next(stacked[k].shape[1] for k in ("entropy_per_layer", "dola_jsd") if k in stacked)
+    rows = next(stacked[k].shape[1] for k in ("entropy_per_layer", "dola_jsd", "dola_layer_score") if k in stacked)
     if not 0 <= row < rows:
         raise ValueError(f"row {row} is outside the batch of {rows} rows recorded")
     heights = [units for _, units in panels]
@@ -70,14 +70,17 @@ def _entropy_panel(ax, stacked: dict, tokenizer, row: int) -> None:
 
 
 def _jsd_panel(ax, stacked: dict, tokenizer, row: int) -> None:
-    jsd = stacked["dola_jsd"][:, row].float()  # (steps, L)
+    paper = "dola_jsd" in stacked
+    jsd = stacked["dola_jsd" if paper else "dola_layer_score"][:, row].float()  # (steps, L)
     layers = stacked["dola_candidate_layers"][0].tolist()
     image = ax.imshow(jsd.T.numpy(), aspect="auto", origin="lower", cmap="magma")
     premature = stacked["dola_premature_layer"][:, row].tolist()
     ax.scatter(range(len(premature)), [layers.index(j) for j in premature], marker="x", color="cyan", s=25,
                label="premature layer M")
     ax.set_yticks(range(len(layers)), [str(j) for j in layers])
-    ax.set(title="JSD(q_N || q_j) per candidate layer (DoLa eq. 3)", xlabel="decode step", ylabel="layer")
+    title = "JSD(q_N || q_j) per candidate layer (DoLa eq. 3)" if paper else \
+        "transformers' DoLa score per candidate layer (averaged KL)"
+    ax.set(title=title, xlabel="decode step", ylabel="layer")
     ax.legend(loc="upper right", fontsize=8)
     ax.figure.colorbar(image, ax=ax, label="divergence")
 

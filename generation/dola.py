@@ -219,8 +219,9 @@ class DoLa(LogitsStep):
 
     "paper" is of kind "contrast": it runs after the penalties (they act on the last layer's logits first);
     "transformers" is a "raw_contrast": it runs first, the penalties and warpers after it, as in transformers.
-    Records per step: `dola_premature_layer` (B,), `dola_jsd` (B, L) (the variant's own score) and
-    `dola_candidate_layers` (L,), the layer of each column.
+    Records per position: `dola_premature_layer` (B,), the layers' scores (B, L): `dola_jsd` (paper: JSD in nats)
+    or `dola_layer_score` (transformers: 0.5 (KL(m||q_N) + KL(m||q_j)) / V), and `dola_candidate_layers` (L,),
+    the layer of each column.
     """
 
     layers: tuple[int, ...]  # candidate premature layers J
@@ -254,6 +255,7 @@ class DoLa(LogitsStep):
         else:
             new_scores, chosen, jsd = transformers_dola_scores(scores, premature, self.layers, self.alpha)
         ctx.record("dola_premature_layer", chosen)
-        ctx.record("dola_jsd", jsd)
+        # The paper's variant scores layers by the true JSD; transformers' by its own averaged KL score.
+        ctx.record("dola_jsd" if self.variant == "paper" else "dola_layer_score", jsd)
         ctx.record("dola_candidate_layers", torch.tensor(self.layers))  # (L,) the columns of dola_jsd
         return new_scores

@@ -32,7 +32,7 @@ import torch
 
 from cache import DynamicCache
 
-from .assisted import AssistedOutput, append_until_stop, prepare_one_prompt, process_positions
+from .two_models import AssistedOutput, append_until_stop, prepare_one_prompt, process_positions
 from .drafting import feed
 from .loop import reason_names
 from .steps import choose_token

@@ -16,7 +16,8 @@ Both compose with every sampler, penalty, batches and (except the transformers v
 does not offer) beam search, where the distributions are per beam.
 
 Records (out.records, one entry per step; `stack_records(out.records)` stacks them to (steps, rows, ...)):
-    dola_premature_layer (rows,), dola_jsd (rows, L), dola_candidate_layers (L,);
+    dola_premature_layer (rows,), dola_jsd (rows, L) (paper) or dola_layer_score (rows, L) (transformers),
+    dola_candidate_layers (L,);
     entropy_selected_layer_indices (rows,); with entropy_record_tokens=True also entropy_per_layer_token_ids
     (rows, N), entropy_per_layer (rows, N) and entropy_selected_token_ids (rows,) (not under beam search,
     where the rows are running beams that are reordered every step).

@@ -6,7 +6,7 @@
              out = forward_tokens(model, token, mask, cache, call.needs)
 
 `decode_loop` is that loop for greedy and sampled decoding (one row per sequence); beam search (beam.py),
-contrastive search (contrastive.py), speculative decoding and hybrid routing (assisted.py) walk the search
+contrastive search (contrastive.py), speculative decoding and hybrid routing (two_models.py) walk the search
 space differently, with the same three pieces. Each strategy that reshapes the distribution is a logits step
 (steps.py); the loop never changes when one is added.
 """

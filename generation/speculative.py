@@ -28,7 +28,7 @@ import torch
 
 from cache import DynamicCache
 
-from .assisted import AssistedOutput, append_until_stop, prepare_one_prompt, process_positions, token_budget
+from .two_models import AssistedOutput, append_until_stop, prepare_one_prompt, process_positions, token_budget
 from .drafting import EarlyExitDrafter, ModelDrafter, catch_up, feed
 from .loop import reason_names
 from .steps import choose_token, select_greedy

@@ -122,6 +122,23 @@ def test_dola_records_have_documented_shapes(untied8):
     assert ((records["dola_jsd"] >= 0) & (records["dola_jsd"] <= math.log(2) + 1e-6)).all()
 
 
+def test_the_transformers_variant_records_its_score_under_its_own_name(untied8):
+    """transformers' DoLa scores layers by 0.5 (KL(m || q_N) + KL(m || q_j)) averaged over the vocabulary, not by
+    the JSD: the record says so. Recomputed here in float64 from the layers' early-exit logits (no norm)."""
+    _, ours = untied8
+    ids = prompts(batch=2)
+    out = generate(ours, ids, max_new_tokens=1, eos_token_id=[], dola_layers=[2, 4], dola_variant="transformers")
+    assert "dola_jsd" not in out.records and out.records["dola_layer_score"][0].shape == (2, 2)
+    hidden = ours(ids, output_hidden_states=True, logits_to_keep=1).hidden_states
+    final = ours(ids, logits_to_keep=1).logits[:, -1].double().log_softmax(-1)  # (B, V)
+    for column, layer in enumerate([2, 4]):
+        early = ours.lm_head(hidden[layer][:, -1]).double().log_softmax(-1)  # no final norm, as transformers
+        m = 0.5 * (final.exp() + early.exp())
+        kl = lambda log_q: (m * (m.log() - log_q)).mean(-1)  # noqa: E731  F.kl_div(log q, m, reduction="none").mean
+        expected = 0.5 * (kl(final) + kl(early))
+        torch.testing.assert_close(out.records["dola_layer_score"][0][:, column].double(), expected, rtol=1e-4, atol=1e-7)
+
+
 def test_dola_beam_scores_equal_teacher_forced_dola_log_probs(untied8):
     _, ours = untied8
     ids = prompts(batch=2, seed=4)

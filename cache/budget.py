@@ -24,15 +24,16 @@ def bytes_per_position(config, dtype: torch.dtype) -> int:
     return 2 * config.num_hidden_layers * config.num_key_value_heads * config.head_dim * dtype.itemsize
 
 
-def check_rows_fit(config, rows: int, prompt_length: int, dtype: torch.dtype, device: torch.device,
-                   what: str) -> None:
-    """ValueError naming `what` (e.g. "num_beams=8 x batch 2") when `rows` cannot start decoding in memory."""
+def rows_do_not_fit(config, rows: int, prompt_length: int, dtype: torch.dtype, device: torch.device,
+                    what: str) -> str | None:
+    """Why `rows` cannot start decoding in memory, naming `what` (e.g. "batch 2 x num_beams 8"); None if they can."""
     from model.checks import available_memory
 
     cache = rows * (prompt_length + CHUNK) * bytes_per_position(config, dtype)
     logits = rows * config.vocab_size * 4 * LOGITS_COPIES
     available = available_memory(torch.device(device))
-    if available is not None and cache + logits > available:
-        raise ValueError(f"{what} = {rows} rows need about {(cache + logits) / 2**30:.1f} GB to start decoding "
-                         f"(KV cache {cache / 2**30:.1f} GB, logits {logits / 2**30:.1f} GB) but "
-                         f"{available / 2**30:.1f} GB is available on {device}: use fewer rows")
+    if available is None or cache + logits <= available:
+        return None
+    return (f"{what} = {rows} rows need about {(cache + logits) / 2**30:.1f} GB to start decoding "
+            f"(KV cache {cache / 2**30:.1f} GB, logits {logits / 2**30:.1f} GB) but "
+            f"{available / 2**30:.1f} GB is available on {device}: use fewer rows")

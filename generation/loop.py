@@ -19,12 +19,13 @@ from typing import Any, Iterator, Sequence
 import torch
 
 from cache import cache_for_config
-from cache.budget import check_rows_fit
+from cache.budget import rows_do_not_fit
 
 from .compiled import CompiledDecoder
 from .guards import check_length_penalty, check_logits
 from .layer_selection import LayerSelectionOptions
-from .options import GenerationOptions, build_logits_steps, check_inputs, check_option_names, refuse_unsupported
+from .options import (GenerationOptions, OptionError, build_logits_steps, check_inputs, check_option_names,
+                      refuse_unsupported)
 from .steps import LogitsStep, StepContext, StepNeeds, choose_token, combined_needs, order_steps, run_steps
 from .stopping import STOP_REASONS, StopConditions
 
@@ -60,9 +61,12 @@ def prepare_call(model, input_ids: torch.Tensor, attention_mask: torch.Tensor | 
     opts = GenerationOptions(**options)
     check_inputs(opts, model, input_ids, attention_mask)
     copies = max(opts.num_beams, opts.num_return_sequences)  # rows per prompt
-    check_rows_fit(model.config, input_ids.shape[0] * copies, input_ids.shape[1], model.dtype, model.device,
-                   f"batch {input_ids.shape[0]} x num_beams {opts.num_beams}" if opts.num_beams > 1 else
-                   f"batch {input_ids.shape[0]} x num_return_sequences {opts.num_return_sequences}")
+    too_many = rows_do_not_fit(model.config, input_ids.shape[0] * copies, input_ids.shape[1], model.dtype,
+                               model.device, f"batch {input_ids.shape[0]} x num_beams {opts.num_beams}"
+                               if opts.num_beams > 1 else
+                               f"batch {input_ids.shape[0]} x num_return_sequences {opts.num_return_sequences}")
+    if too_many:
+        raise OptionError(too_many, "num_beams", "num_return_sequences")
     if opts.num_beams > 1:
         check_length_penalty(opts.length_penalty, opts.max_new_tokens)
     eos = opts.eos_token_ids(model.config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 from dataclasses import fields
+from pathlib import Path
 from typing import Any
 
 from .layer_selection import LayerSelectionOptions
@@ -72,6 +73,28 @@ def api_only_help() -> str:
     """The options without a flag, and what the command line does instead."""
     lines = [f"  {f.name}: {f.metadata['api_only']}" for f in option_fields() if f.metadata["api_only"]]
     return "generate() options without a flag:\n" + "\n".join(lines) + "\n"
+
+
+def add_two_model_arguments(group) -> None:
+    add = group.add_argument
+    add("--draft-model", metavar="PATH", type=Path, help="a small model with --model's tokenizer: it drafts "
+        "tokens (speculative) or writes until unsure (entropy, uncertainty); --model is the large one")
+    add("--self-speculative", metavar="K", type=int, help="speculative decoding drafted by --model's own first "
+        "K layers (no second model)")
+    add("--draft", choices=("int8",), help="int8: an int8 copy of --model (sharing its embedding) is the draft "
+        "(speculative: the output stays --model's exactly) or the small model (entropy, uncertainty)")
+    add("--strategy", choices=("speculative", "entropy", "uncertainty"), help="speculative decoding (the "
+        "default with a draft), or routing each token to the large model when the small one's entropy "
+        "(bits) or aleatoric uncertainty exceeds --threshold")
+    add("--num-draft-tokens", metavar="N", type=int, help="speculative: tokens drafted per round (default 5)")
+    add("--num-draft-tokens-schedule", choices=("constant", "heuristic"), help="speculative: keep N, or "
+        "grow it after a fully accepted round and shrink it after a rejection")
+    add("--threshold", metavar="X", type=float, help="entropy/uncertainty routing: above it the large "
+        "model chooses the token")
+    add("--route-share", metavar="Q", type=float, help="entropy/uncertainty routing instead of --threshold: send "
+        "the most uncertain fraction Q of tokens to the large model (calibrated on a small-model run)")
+    add("--profile", metavar="JSON", type=Path, help="record every token's entropy and LogU uncertainties "
+        "(and which model chose it) and write them with their percentiles to this file")
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -194,3 +217,20 @@ def check_prompt_length(num_prompt: int, max_new_tokens: int, context: int) -> N
     if num_prompt + max_new_tokens > context:
         raise UsageError(f"the prompt ({num_prompt} tokens) + --max-new-tokens ({max_new_tokens}) exceeds the "
                          f"context window of {context} tokens: use --max-new-tokens {context - num_prompt} or less")
+
+
+def choose_weight_layout(args: argparse.Namespace) -> str:
+    """--weight-layout auto (float32 CPU only; elsewhere the layout changes nothing): model/linear.py's choice
+    for one-row blocks (not beams or speculative verification) and a one-row head (not DoLa / entropy decoding,
+    which head one row per early-exit layer)."""
+    from model.linear import choose_weight_layout as fastest_layout
+
+    if args.weight_layout != "auto":
+        return args.weight_layout
+    if args.int8:
+        return "row_major"  # quantize_int8 replaces every matrix by int8 rows: re-laying them out first is wasted
+    one_row_blocks = not ((args.num_beams or 1) > 1 or (args.num_return_sequences or 1) > 1
+                          or args.draft_model is not None or args.self_speculative is not None
+                          or args.draft is not None)
+    early_exits = args.dola_layers is not None or args.entropy_decoding is not None
+    return fastest_layout(one_row_blocks, one_row_head=not early_exits)

@@ -20,8 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # torch is imported inside the functions that need it; the flags come from the option declarations, which
 # import the generation package (and torch with it): --help takes a second or two.
-from generation.cli import (UsageError, add_option_flags, api_only_help, check_prompt_length,  # noqa: E402
-                            choose_mode, options_from_args, prompt_ids, resolve_device)
+from generation.cli import (UsageError, add_option_flags, add_two_model_arguments, api_only_help,  # noqa: E402
+                            check_prompt_length, choose_mode, choose_weight_layout, options_from_args, prompt_ids,
+                            resolve_device)
 from generation.cli_runs import generate_in_mode  # noqa: E402
 from generation.options import OptionError  # noqa: E402
 
@@ -51,6 +52,7 @@ max_time, or interrupted (Ctrl-C).
 tokens/s counts the whole call, prompt processing included.
 Exit codes: 0 done, 1 unreadable model files, 2 bad arguments or prompt, 130 interrupted.
 """
+
 
 class Parser(argparse.ArgumentParser):
     """argparse, but a usage error is one line ("error: ...") instead of the usage block and the error."""
@@ -92,51 +94,12 @@ def build_parser() -> Parser:
     return parser
 
 
-def add_two_model_arguments(group) -> None:
-    add = group.add_argument
-    add("--draft-model", metavar="PATH", type=Path, help="a small model with --model's tokenizer: it drafts "
-        "tokens (speculative) or writes until unsure (entropy, uncertainty); --model is the large one")
-    add("--self-speculative", metavar="K", type=int, help="speculative decoding drafted by --model's own first "
-        "K layers (no second model)")
-    add("--draft", choices=("int8",), help="int8: an int8 copy of --model (sharing its embedding) is the draft "
-        "(speculative: the output stays --model's exactly) or the small model (entropy, uncertainty)")
-    add("--strategy", choices=("speculative", "entropy", "uncertainty"), help="speculative decoding (the "
-        "default with a draft), or routing each token to the large model when the small one's entropy "
-        "(bits) or aleatoric uncertainty exceeds --threshold")
-    add("--num-draft-tokens", metavar="N", type=int, help="speculative: tokens drafted per round (default 5)")
-    add("--num-draft-tokens-schedule", choices=("constant", "heuristic"), help="speculative: keep N, or "
-        "grow it after a fully accepted round and shrink it after a rejection")
-    add("--threshold", metavar="X", type=float, help="entropy/uncertainty routing: above it the large "
-        "model chooses the token")
-    add("--route-share", metavar="Q", type=float, help="entropy/uncertainty routing instead of --threshold: send "
-        "the most uncertain fraction Q of tokens to the large model (calibrated on a small-model run)")
-    add("--profile", metavar="JSON", type=Path, help="record every token's entropy and LogU uncertainties "
-        "(and which model chose it) and write them with their percentiles to this file")
-
-
 def check_folder(flag: str, path: Path | None) -> None:
     if path is not None and not path.is_dir():
         what = "is a file, not a folder" if path.is_file() else "does not exist"
         raise UsageError(f"{flag} folder {path} {what}: give a Hugging Face style folder (config.json, "
                          "*.safetensors, tokenizer files)" + (" or leave out --model for the default model"
                                                               if flag == "--model" else ""))
-
-
-def choose_weight_layout(args: argparse.Namespace) -> str:
-    """--weight-layout auto (float32 CPU only; elsewhere the layout changes nothing): model/linear.py's choice
-    for one-row blocks (not beams or speculative verification) and a one-row head (not DoLa / entropy decoding,
-    which head one row per early-exit layer)."""
-    from model.linear import choose_weight_layout as fastest_layout
-
-    if args.weight_layout != "auto":
-        return args.weight_layout
-    if args.int8:
-        return "row_major"  # quantize_int8 replaces every matrix by int8 rows: re-laying them out first is wasted
-    one_row_blocks = not ((args.num_beams or 1) > 1 or (args.num_return_sequences or 1) > 1
-                          or args.draft_model is not None or args.self_speculative is not None
-                          or args.draft is not None)
-    early_exits = args.dola_layers is not None or args.entropy_decoding is not None
-    return fastest_layout(one_row_blocks, one_row_head=not early_exits)
 
 
 def load(args, options: dict):

@@ -220,10 +220,10 @@ def check_prompt_length(num_prompt: int, max_new_tokens: int, context: int) -> N
 
 
 def choose_weight_layout(args: argparse.Namespace) -> str:
-    """--weight-layout auto (float32 CPU only; elsewhere the layout changes nothing): model/linear.py's choice
+    """--weight-layout auto (float32 CPU only; elsewhere the layout changes nothing): accel/linear.py's choice
     for one-row blocks (not beams or speculative verification) and a one-row head (not DoLa / entropy decoding,
     which head one row per early-exit layer)."""
-    from model.linear import choose_weight_layout as fastest_layout
+    from accel import choose_weight_layout as fastest_layout
 
     if args.weight_layout != "auto":
         return args.weight_layout

@@ -32,8 +32,7 @@ import torch
 
 from cache.slot import SlotCache
 from model.causal_lm import default_position_ids
-from model.layers import Attention, DecoderBlock
-from model.linear import StackedLinear
+from model.gpt_oss import GptOssBlock
 
 SLOT_BUCKET = 256  # cache slots come in multiples of this: one compiled graph serves many prompt lengths
 
@@ -57,24 +56,12 @@ def compiled_decode_step(device_type: str):
 
 def check_compilable(model) -> None:
     """Refuse, before any work, a model or machine the compiled step does not serve."""
-    if not all(type(block) is DecoderBlock and type(block.self_attn) is Attention for block in model.layers):
+    if any(isinstance(block, GptOssBlock) for block in model.layers):
         raise ValueError("compile=True supports LLaMA-style models only (this one has other blocks, e.g. GPT-OSS "
                          "with sliding-window attention and experts): leave compile off")
     if model.device.type == "cpu" and not any(map(shutil.which, (os.environ.get("CXX", "g++"), "c++", "clang++"))):
         raise ValueError("compile=True on the CPU needs a C++ compiler (the compiled step is generated C++ code): "
                          "install g++ or leave compile off")
-
-
-def stacks_are_current(model) -> bool:
-    """Whether every stacked q/k/v and gate/up matmul still reads the linears' own memory (the compiled graph
-    cannot check addresses itself: see StackedLinear.is_current)."""
-    for block in model.layers:
-        pairs = ((block.self_attn.qkv_proj, (block.self_attn.q_proj, block.self_attn.k_proj, block.self_attn.v_proj)),
-                 (block.mlp.gate_up_proj, (block.mlp.gate_proj, block.mlp.up_proj)))
-        for stacked, linears in pairs:
-            if isinstance(stacked, StackedLinear) and not stacked.is_current(linears):
-                return False
-    return True
 
 
 class CompiledDecoder:
@@ -126,11 +113,10 @@ class CompiledDecoder:
 
     def decode(self, tokens: torch.Tensor) -> torch.Tensor:
         """The newest tokens (B, 1) -> logits (B, 1, V)."""
-        step = self.step if stacks_are_current(self.model) else decode_step  # a replaced weight: run eagerly
         self.cache.slot_mask[:, self.length] = True
         slots = torch.full((1,), self.length, device=tokens.device)  # (1,) a new tensor: a view would differ in offset
         tokens = tokens.contiguous()  # a column of a longer buffer (beam search's) has other strides: a new graph
-        logits = step(self.model, tokens, slots, self.next_positions, self.cache)
+        logits = self.step(self.model, tokens, slots, self.next_positions, self.cache)
         self.length += 1
         self.next_positions = self.next_positions + 1
         return logits

@@ -24,25 +24,21 @@ product reads the 49152 x 576 head once either way), and on the default model th
 
 Two more measures keep the step cheap, most of all when it reads every layer (`entropy_record_tokens=True`): the
 layers it needs first (all of them, or the walk's first chunk) come from the forward's own head matmul
-(`early_exit_layers`, as DoLa does), and each layer's entropy and top token come from one fused kernel
-(generation/entropy.cpp, `entropy_and_top_token`) instead of six PyTorch passes over fresh temporaries.
-`entropy_bits` stays the readable definition; a test holds the kernel to it (and to float64).
+(`early_exit_layers`, as DoLa does), and, for a model made faster by `accel.accelerate`, each layer's entropy
+and top token come from one fused kernel (accel/entropy.cpp) instead of six PyTorch passes over fresh
+temporaries. `entropy_bits` stays the readable definition; a test holds the kernel to it (and to float64).
 
 Layers are numbered like `hidden_states`: j = output of block j, 1..N, with N the normal last layer.
 """
 
 from __future__ import annotations
 
-import functools
 import math
 from dataclasses import dataclass, replace
-from pathlib import Path
 from typing import Callable, ClassVar, Sequence
 
 import torch
 import torch.nn.functional as F
-
-from model.matvec import load_kernel
 
 from .steps import LogitsStep, StepNeeds, apply_logits_steps
 
@@ -75,30 +71,21 @@ def entropy_bits(scores: torch.Tensor, normalize: bool = False) -> torch.Tensor:
     return entropy
 
 
-KERNEL_SOURCE = Path(__file__).with_name("entropy.cpp")
-
-
-@functools.cache
-def entropy_kernel_available() -> bool:
-    """Whether generation/entropy.cpp can run here (built once per machine, like model/matvec.cpp; switched off
-    with SCRATCH_LM_ENTROPY_KERNEL=0)."""
-    return load_kernel(KERNEL_SOURCE, "SCRATCH_LM_ENTROPY_KERNEL")
-
-
-def entropy_and_top_token(scores: torch.Tensor, normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def entropy_and_top_token(scores: torch.Tensor, normalize: bool = False,
+                          model=None) -> tuple[torch.Tensor, torch.Tensor]:
     """(entropy_bits(scores, normalize), scores.argmax(-1)) for scores (..., V): each (...).
 
-    Float32 CPU scores go through one fused kernel (generation/entropy.cpp: two reads of each row, no
-    temporaries: in PyTorch most of the time went to faulting in fresh memory for the temporaries), other scores, or where the kernel cannot be built, through entropy_bits and argmax.
+    For a model that `accel.accelerate` gave the entropy kernel, float32 CPU scores go through one fused kernel
+    (accel/entropy.cpp: two reads of each row, no temporaries) instead.
     """
-    if not (scores.dtype == torch.float32 and scores.device.type == "cpu" and scores.shape[-1] > 0
-            and not (scores.requires_grad and torch.is_grad_enabled()) and entropy_kernel_available()):
-        return entropy_bits(scores, normalize), scores.argmax(-1)
-    rows = scores.reshape(-1, scores.shape[-1]).contiguous()  # (R, V)
-    entropy, top = torch.ops.scratch_lm.entropy_and_argmax(rows)  # (R,) bits, (R,) token ids
-    if normalize:
-        entropy = entropy / math.log2(scores.shape[-1])
-    return entropy.view(scores.shape[:-1]), top.view(scores.shape[:-1])
+    acceleration = getattr(model, "acceleration", None)
+    if acceleration is not None and acceleration.entropy_kernel:
+        from accel.entropy import fused_entropy_and_top_token
+
+        fused = fused_entropy_and_top_token(scores, normalize)
+        if fused is not None:
+            return fused
+    return entropy_bits(scores, normalize), scores.argmax(-1)
 
 
 def consistency_cost(entropy: torch.Tensor, hidden: torch.Tensor, last_hidden: torch.Tensor,
@@ -243,7 +230,7 @@ class EntropyLayerChoice(LogitsStep):
     def _costs(self, chunk: list[int], block: torch.Tensor,
                ctx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(entropy, top token, cost), each (B, L_c), of the processed scores `block` (L_c, B, V) of `chunk`."""
-        entropy, top = entropy_and_top_token(block, self.normalize)  # (L_c, B) each
+        entropy, top = entropy_and_top_token(block, self.normalize, ctx.model)  # (L_c, B) each
         cost = entropy
         if self.consistency_alpha is not None:
             hidden = torch.stack([ctx.hidden_states[j][:, -1] for j in chunk])  # (L_c, B, H)

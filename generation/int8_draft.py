@@ -12,10 +12,7 @@ from __future__ import annotations
 
 import copy
 
-try:  # issue 19 moves the speed code into accel/
-    from accel.quantize import quantize_int8
-except ImportError:
-    from model.quantize import quantize_int8
+from accel.quantize import quantize_int8
 
 
 def int8_draft(target):

@@ -21,7 +21,6 @@ from .gpt_oss import GptOssBlock
 from .qwen import QwenBlock
 from .layers import ATTENTION_FUNCTIONS, DecoderBlock, RMSNorm, build_attention_mask
 from .rope import RotaryEmbedding
-from .linear import Linear, arrange_weights, check_weight_layout
 
 
 @dataclass
@@ -44,8 +43,6 @@ def default_position_ids(attention_mask: torch.Tensor | None, past_length: int, 
 class CausalLM(nn.Module):
     """A LLaMA-family (or GPT-OSS) decoder-only language model."""
 
-    weight_layout = "row_major"  # how float32 CPU matrices are stored: see set_weight_layout, model/linear.py
-
     def __init__(self, config: ModelConfig, attn_implementation: str = "sdpa"):
         super().__init__()
         self.config = config
@@ -53,13 +50,12 @@ class CausalLM(nn.Module):
         block = {"gpt_oss": GptOssBlock, "qwen2": QwenBlock, "qwen3": QwenBlock}.get(config.model_type, DecoderBlock)
         self.layers = nn.ModuleList(block(config, i) for i in range(config.num_hidden_layers))
         self.norm = RMSNorm(config.hidden_size, config.rms_norm_eps)
-        self.lm_head = Linear(config.hidden_size, config.vocab_size, bias=False)
+        self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
         if config.tie_word_embeddings:
             self.lm_head.weight = self.embed_tokens.weight  # one matrix used twice: no copy
         self.rotary = RotaryEmbedding(config)
         self.set_attn_implementation(attn_implementation)
         self.apply(self._init_weights)
-        arrange_weights(self, self.weight_layout)
 
     def _init_weights(self, module: nn.Module) -> None:
         """N(0, initializer_range) for matrices, zero biases (the HF LLaMA scheme); norms start at 1."""
@@ -67,23 +63,6 @@ class CausalLM(nn.Module):
             nn.init.normal_(module.weight, mean=0.0, std=self.config.initializer_range)
             if getattr(module, "bias", None) is not None:
                 nn.init.zeros_(module.bias)
-
-    def _apply(self, fn, recurse=True):
-        """Every `.to()`, `.float()`, `.cuda()`... ends here: stack q/k/v and gate/up again and re-arrange
-        the weights for the new dtype/device (model/linear.py)."""
-        super()._apply(fn, recurse)
-        arrange_weights(self, self.weight_layout)
-        return self
-
-    def set_weight_layout(self, layout: str) -> None:
-        """"row_major" (default: best for beam search, batches), "column_major" (float32 on the CPU: about 1.3x
-        faster one-row products, for batch-1 greedy/sampling) or "column_major_blocks" (the same but a
-        row-major head with a oneDNN-packed copy for several rows, for DoLa and entropy decoding), or
-        "packed_head" (all row-major, the head packed: DoLa and entropy decoding where the one-row kernel runs).
-        `model.linear.choose_weight_layout` picks one. See model/linear.py."""
-        check_weight_layout(layout)
-        self.weight_layout = layout
-        arrange_weights(self, layout)
 
     def set_attn_implementation(self, name: str) -> None:
         """'eager' (the formula written out, for reading) or 'sdpa' (PyTorch's fused kernel, same result)."""

@@ -3,7 +3,7 @@
 model/loading.py reads a file with safetensors, which gives every tensor a storage of its own. Here the file
 is mapped once and every tensor is a view into it, so tensors that lie back to back in the file share one
 storage: an MLP's gate_proj and up_proj (files are written in name order), and q/k/v in the folders that
-model/zoo/ writes, can then be stacked for one matmul as a view, without a copy (model/linear.py).
+model/zoo/ writes, can then be stacked for one matmul as a view, without a copy (accel/stacked.py).
 Plug it in with `load_pretrained(path, read_file=map_file)`. `release_file_pages` gives back the pages of a
 mapped tensor that was copied into a new layout, so the checkpoint is not resident twice.
 """

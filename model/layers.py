@@ -12,7 +12,6 @@ from torch import nn
 
 from .config import ModelConfig
 from .rope import apply_rotary
-from .linear import Linear, StackedLinear, stacked_or_separate
 
 
 class RMSNorm(nn.Module):
@@ -24,17 +23,10 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # PyTorch's fused kernel for exactly the formula of `rms_norm_reference` (one call instead of seven;
-        # tests/test_linear.py checks both against transformers).
-        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
-
-
-def rms_norm_reference(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
-    """RMSNorm written out, as transformers' LlamaRMSNorm computes it."""
-    dtype = x.dtype
-    x = x.float()  # the mean of squares overflows / loses precision in half precision
-    x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps)
-    return weight * x.to(dtype)
+        dtype = x.dtype
+        x = x.float()  # the mean of squares overflows / loses precision in half precision (as transformers)
+        x = x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps)
+        return self.weight * x.to(dtype)
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -109,11 +101,10 @@ class Attention(nn.Module):
         self.head_dim = config.head_dim
         self.scale = self.head_dim**-0.5
         bias = config.attention_bias
-        self.q_proj = Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
-        self.k_proj = Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
-        self.v_proj = Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
-        self.o_proj = Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
-        self.qkv_proj: StackedLinear | None = None  # q/k/v as one matmul, set by model/linear.py
+        self.q_proj = nn.Linear(config.hidden_size, self.n_heads * self.head_dim, bias=bias)
+        self.k_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.v_proj = nn.Linear(config.hidden_size, self.n_kv * self.head_dim, bias=bias)
+        self.o_proj = nn.Linear(self.n_heads * self.head_dim, config.hidden_size, bias=bias)
         self.sinks: torch.Tensor | None = None  # GPT-OSS: one learned logit per head (model/gpt_oss.py)
         self.q_norm: nn.Module | None = None  # Qwen3: RMSNorm on each query / key head (model/qwen.py)
         self.k_norm: nn.Module | None = None
@@ -121,24 +112,29 @@ class Attention(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor | None,
                 cache=None) -> torch.Tensor:
-        B, T, _ = x.shape
-        n_heads, n_kv = self.n_heads, self.n_kv
-        # (B, T, (n_heads + 2 n_kv) d): the three projections side by side
-        qkv = stacked_or_separate(self.qkv_proj, (self.q_proj, self.k_proj, self.v_proj), x)
-        qkv = qkv.view(B, T, n_heads + 2 * n_kv, self.head_dim).transpose(1, 2)  # (B, all heads, T, d)
-        qk = qkv[:, :n_heads + n_kv]
+        # (B, T, n_heads * d), (B, T, n_kv * d), (B, T, n_kv * d)
+        q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        return self.attend(q, k, v, cos, sin, mask, cache)
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
+               mask: torch.Tensor | None, cache=None) -> torch.Tensor:
+        """The projected queries, keys and values -> heads, RoPE, the cache, attention, o_proj: (B, T, H)."""
+        B, T, _ = q.shape
+        d = self.head_dim
+        q = q.view(B, T, self.n_heads, d).transpose(1, 2)  # (B, n_heads, T, d)
+        k = k.view(B, T, self.n_kv, d).transpose(1, 2)  # (B, n_kv, T, d)
+        v = v.view(B, T, self.n_kv, d).transpose(1, 2)  # (B, n_kv, T, d)
         if self.q_norm is not None:  # Qwen3: an RMSNorm over each query and each key head, before RoPE
-            qk = torch.cat([self.q_norm(qk[:, :n_heads]), self.k_norm(qk[:, n_heads:])], dim=1)
-        qk = apply_rotary(qk, cos, sin)  # RoPE on queries and keys together
-        q, k = qk.split([n_heads, n_kv], dim=1)  # (B, n_heads, T, d), (B, n_kv, T, d)
-        v = qkv[:, n_heads + n_kv:]  # (B, n_kv, T, d)
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             # Keys are cached after RoPE, so cached positions never need rotating again.
             k, v = cache.update(k, v, self.layer_idx)  # (B, n_kv, S, d)
+        out_dtype = q.dtype
         if k.dtype != q.dtype:  # a cache that keeps keys/values in float32 for a half-precision model
             q = q.to(k.dtype)
         out = ATTENTION_FUNCTIONS[self.attn_implementation](q, k, v, mask, self.scale, self.sinks)
-        out = out.transpose(1, 2).reshape(B, T, self.n_heads * self.head_dim).to(x.dtype)  # (B, T, n_heads * d)
+        out = out.transpose(1, 2).reshape(B, T, self.n_heads * d).to(out_dtype)  # (B, T, n_heads * d)
         return self.o_proj(out)
 
 
@@ -148,14 +144,12 @@ class SwiGLU(nn.Module):
     def __init__(self, config: ModelConfig):
         super().__init__()
         H, I, bias = config.hidden_size, config.intermediate_size, config.mlp_bias
-        self.gate_proj = Linear(H, I, bias=bias)
-        self.up_proj = Linear(H, I, bias=bias)
-        self.down_proj = Linear(I, H, bias=bias)
-        self.gate_up_proj: StackedLinear | None = None  # gate/up as one matmul, set by model/linear.py
+        self.gate_proj = nn.Linear(H, I, bias=bias)
+        self.up_proj = nn.Linear(H, I, bias=bias)
+        self.down_proj = nn.Linear(I, H, bias=bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        gate, up = stacked_or_separate(self.gate_up_proj, (self.gate_proj, self.up_proj), x).chunk(2, dim=-1)
-        return self.down_proj(F.silu(gate) * up)
+        return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class DecoderBlock(nn.Module):

@@ -29,8 +29,7 @@ from .causal_lm import CausalLM
 from .checks import (CheckpointError, check_config_against_header, check_index_matches_shards, check_memory,
                      check_readable, shard_path)
 from .config import ModelConfig
-from .fast_loading import map_file, release_file_pages  # issue 19: moves to accel
-from .linear import arrange_weights, check_weight_layout  # issue 19: moves to accel
+from .fast_loading import map_file
 from .mxfp4 import check_mxfp4_pair, dense_shape, dequantize_expert_weight
 
 SINGLE_FILE = "model.safetensors"
@@ -54,17 +53,16 @@ class CheckpointHeader:
 def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: str | torch.device | None = None,
                     attn_implementation: str = "sdpa", check_finite: bool = False,
                     name_map: Callable[[str], str] | None = None,
-                    read_file: Callable[[Path], dict[str, torch.Tensor]] | None = None,
-                    weight_layout: str = "row_major") -> CausalLM:
+                    read_file: Callable[[Path], dict[str, torch.Tensor]] | None = None) -> CausalLM:
     """A Hugging Face style folder -> CausalLM in eval mode.
 
     dtype None keeps the checkpoint's own dtype (MXFP4 experts are then decoded to that of the other weights);
     check_finite scans every tensor for NaN/inf (one pass over the weights); name_map turns a stored name into
     ours (default: drop transformers' `model.` prefix); read_file(path) -> {stored name: tensor} reads one file
-    (default: safetensors; model/fast_loading.py has a faster one). weight_layout: see model/linear.py.
+    (default: safetensors; model/fast_loading.py has a faster one). The model is the plain one:
+    `accel.accelerate(model, ...)` makes it faster for decoding.
     """
     name_map = name_map or hf_to_local_name
-    check_weight_layout(weight_layout)  # issue 19: moves to accel
     folder = Path(path)
     if not folder.is_dir():
         what = "is a file, not a folder" if folder.is_file() else "does not exist"
@@ -81,8 +79,6 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     assign_tensors(model, state, config.tie_word_embeddings)  # 5
     if device is not None:  # the tensors are there already; this moves the buffers (RoPE's frequencies)
         model.to(device)
-    model.weight_layout = weight_layout  # issue 19: moves to accel
-    arrange_weights(model, weight_layout, on_copied=release_file_pages)  # issue 19: moves to accel
     return model.eval()
 
 

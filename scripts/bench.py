@@ -3,11 +3,13 @@
     .venv/bin/python scripts/bench.py                      # everything (about 20-30 minutes on 2 cores)
     .venv/bin/python scripts/bench.py --dtypes float32 --cases greedy beam4 --repeats 3
 
-Each case alternates ours and transformers' run on the same chat prompt and prints the median tokens/s of
+Our model runs accelerated (accel/: this CPU's kernels, stacked projections, the case's weight layout), as
+scripts/generate.py runs it by default; --plain times the plain model instead. Each case alternates ours and
+transformers' run on the same chat prompt and prints the median tokens/s of
 `--repeats` runs, the ratio ours / transformers, and the peak resident memory of the process during the case.
 "floor" is the time to stream every weight once through a matrix-vector product on this machine, as
 tokens/s: no decoder that reads all its weights per token can beat it. The dtype "int8" is weight-only int8
-(model/quantize.py) with bfloat16 activations, next to transformers in bfloat16. When `llama-cpp-python` is
+(accel/quantize.py) with bfloat16 activations, next to transformers in bfloat16. When `llama-cpp-python` is
 installed, llama.cpp is timed on the GGUF files given with --gguf (the package's Q4_1 file by default;
 scripts/gguf_requantize.py writes F32, F16 and Q8_0 files of the same weights).
 """
@@ -26,10 +28,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from generation import generate  # noqa: E402
-from model import load_pretrained, quantize_int8  # noqa: E402
-from model.linear import WEIGHT_LAYOUTS, choose_weight_layout  # noqa: E402
-from model.matvec import matvec_available  # noqa: E402
-from model.quantize import Int8Linear  # noqa: E402
+from accel import WEIGHT_LAYOUTS, Int8Linear, accelerate, choose_weight_layout  # noqa: E402
+from accel.matvec import matvec_available  # noqa: E402
+from model import load_pretrained  # noqa: E402
+from model.fast_loading import release_file_pages  # noqa: E402
 from model.zoo import default_model_path  # noqa: E402
 
 PROMPT = "Write a long story about a robot who learns to paint, with many details."
@@ -55,7 +57,7 @@ CASES = {
     "batch8": ({}, {}),
     "prefill512": (None, None),
 }
-# Our weight layout per case, as generate.py's --weight-layout auto picks it (model/linear.py,
+# Our weight layout per case, as generate.py's --weight-layout auto picks it (accel/linear.py,
 # choose_weight_layout): by whether the blocks and the head multiply one row per step.
 ONE_ROW_CASES = {"greedy", "greedy_compiled", "sampling", "repetition_penalty"}
 EARLY_EXIT_CASES = {"dola_high", "dola_high_paper", "entropy_trough"}
@@ -181,6 +183,7 @@ def main() -> None:
     parser.add_argument("--no-transformers", action="store_true", help="time only scratch-lm")
     parser.add_argument("--weight-layout", choices=("auto", *WEIGHT_LAYOUTS), default="auto",
                         help="our weight layout (default: per case, as generate.py's auto)")
+    parser.add_argument("--plain", action="store_true", help="time the plain model (model/), not accelerated")
     parser.add_argument("--gguf", nargs="*", type=Path, default=None, help="GGUF files for llama.cpp")
     args = parser.parse_args()
     for gguf in args.gguf or []:
@@ -194,35 +197,45 @@ def main() -> None:
     kernel = "with" if matvec_available() else "without"
     print(f"# {platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, torch "
           f"{torch.__version__}, {args.new_tokens} new tokens, median of {args.repeats}, {kernel} the one-row "
-          "kernel (model/matvec.cpp)\n")
+          f"kernel (accel/matvec.cpp), {'plain' if args.plain else 'accelerated'} model\n")
     print("| dtype | case | our layout | scratch-lm tok/s | transformers tok/s | ratio | same tokens | peak RSS MiB |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for dtype_name in args.dtypes:
         dtype = torch.bfloat16 if dtype_name == "int8" else getattr(torch, dtype_name)
-        model = load_pretrained(path, dtype=dtype)
-        if dtype_name == "int8":
-            quantize_int8(model)
+        int8 = dtype_name == "int8"
+        if args.plain and int8:
+            print("| int8 | (int8 is an accelerator option: not timed with --plain) | | | | | | |")
+            continue
+
+        def load(layout: str):
+            model = load_pretrained(path, dtype=dtype)
+            if args.plain:
+                return model
+            return accelerate(model, layout=layout, int8=int8, on_copied=release_file_pages)
+
         hf = None
         if not args.no_transformers:
             from transformers import LlamaForCausalLM
 
             hf = LlamaForCausalLM.from_pretrained(path, torch_dtype=dtype).eval()
             hf.generation_config.eos_token_id = None  # every run makes exactly --new-tokens tokens
-        for layout in ("row_major", "column_major") if dtype == torch.float32 else ("row_major",):
-            model.set_weight_layout(layout)
+        for layout in ("row_major", "column_major") if dtype == torch.float32 and not args.plain else ("row_major",):
+            model = load(layout)
             print(f"| {dtype_name} | floor (weights once) | {layout} | {weight_floor_tokens_per_s(model):.1f} "
                   "| | | | |")
-        if dtype_name != "int8":
-            model.set_weight_layout("row_major")
+        if not int8:
+            model = load("row_major")
             print(f"| {dtype_name} | floor, PyTorch's F.linear | row_major | "
                   f"{weight_floor_tokens_per_s(model, pytorch_product=True):.1f} | | | | |")
         for case in args.cases:
             layout = layout_for(case, args.weight_layout) if dtype == torch.float32 else "row_major"
-            model.set_weight_layout(layout)
+            del model
+            model = load(layout)  # not timed: mapping the file, and (accelerated) re-laying out the matrices
             peak_rss_reset()
             ours, theirs, same = run_case(case, model, hf, tokenizer, args)
             ratio = ours / theirs if theirs == theirs else float("nan")
-            print(f"| {dtype_name} | {case} | {layout} | {ours:.1f} | {theirs:.1f} | {ratio:.2f} | "
+            shown = "plain" if args.plain else layout
+            print(f"| {dtype_name} | {case} | {shown} | {ours:.1f} | {theirs:.1f} | {ratio:.2f} | "
                   f"{'' if same is None else same} | {peak_rss_mib():.0f} |", flush=True)
         del model, hf
     if args.gguf is not None or _has_llama_cpp():

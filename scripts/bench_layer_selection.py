@@ -6,13 +6,14 @@
 Every case decodes exactly --new-tokens tokens (no end token) greedily from the same prompt. The cases run
 interleaved, one repeat of each in turn, so that a slow moment of a shared machine hits them alike; the
 median tokens/s of each is printed with its ratio to our plain greedy. Each of our cases runs in the weight layout
-generate.py's `--weight-layout auto` picks for it (model/linear.py, choose_weight_layout): the layer-selection cases
+generate.py's `--weight-layout auto` picks for it (accel/linear.py, choose_weight_layout): the layer-selection cases
 get a packed head.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import sys
 import time
@@ -25,7 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from generation import generate  # noqa: E402
 from model import load_pretrained  # noqa: E402
-from model.linear import choose_weight_layout  # noqa: E402
+from accel import accelerate, choose_weight_layout  # noqa: E402
 from model.zoo import default_model_path  # noqa: E402
 from tokenizer import load_tokenizer  # noqa: E402
 
@@ -40,8 +41,8 @@ OURS = {
 THEIRS = {"transformers greedy": {}, "transformers dola high": {"dola_layers": "high"}}
 
 
-def time_ours(model, ids: torch.Tensor, new_tokens: int, options: dict) -> float:
-    model.set_weight_layout(choose_weight_layout(one_row_blocks=True, one_row_head=not options))  # not timed
+def time_ours(models, ids: torch.Tensor, new_tokens: int, options: dict) -> float:
+    model = models(choose_weight_layout(one_row_blocks=True, one_row_head=not options))  # not timed
     start = time.perf_counter()
     out = generate(model, ids, max_new_tokens=new_tokens, eos_token_id=[], **options)
     assert out.new_tokens.shape[1] == new_tokens
@@ -67,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     path = default_model_path()
-    model = load_pretrained(path, dtype=torch.float32)
+    models = functools.cache(lambda layout: accelerate(load_pretrained(path, dtype=torch.float32), layout=layout))
     ids = torch.tensor([load_tokenizer(path).encode(PROMPT, add_special_tokens=False)])
-    cases = {name: (time_ours, model, options) for name, options in OURS.items()}
+    cases = {name: (time_ours, models, options) for name, options in OURS.items()}
     if not args.no_transformers:
         from transformers import LlamaForCausalLM
 

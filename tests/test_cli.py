@@ -178,8 +178,8 @@ def test_output_equals_transformers(tiny, cli, capsys, case):
 
 def test_int8_output_equals_transformers_on_the_dequantized_weights(tiny, cli, capsys):
     """--int8 --dtype float32: the int8 weights multiplied in float32, against transformers given the same weights
-    (scale * q from model/quantize.py's rounding, dequantized here in float64)."""
-    from model.quantize import quantize_int8_rows
+    (scale * q from accel/quantize.py's rounding, dequantized here in float64)."""
+    from accel.quantize import quantize_int8_rows
 
     reference = copy.deepcopy(tiny[1])
     with torch.no_grad():
@@ -205,16 +205,16 @@ def test_int8_output_equals_transformers_on_the_dequantized_weights(tiny, cli, c
     (["--num-beams", "2", "--weight-layout", "column_major"], "column_major", "column_major"),
 ])
 def test_auto_weight_layout_follows_the_rows_of_the_products(cli, monkeypatch, flags, with_kernel, without_kernel):
-    """One-row products: row-major where the one-row kernel beats MKL in float32 (model/matvec.cpp), column-major
+    """One-row products: row-major where the one-row kernel beats MKL in float32 (accel/matvec.cpp), column-major
     MKL otherwise (no kernel, or an Intel CPU)."""
-    import model.linear
+    import accel.linear
 
     module = sys.modules["generate_cli"]
     args = module.build_parser().parse_args(["--prompt", "hi", *flags])
     for vendor, kernel, layout in (("AuthenticAMD", True, with_kernel), ("AuthenticAMD", False, without_kernel),
                                    ("GenuineIntel", True, without_kernel)):
-        monkeypatch.setattr(model.linear, "cpu_vendor", lambda: vendor)
-        monkeypatch.setattr(model.linear, "matvec_available", lambda: kernel)
+        monkeypatch.setattr(accel.linear, "cpu_vendor", lambda: vendor)
+        monkeypatch.setattr(accel.linear, "matvec_available", lambda: kernel)
         assert module.choose_weight_layout(args) == layout
 
 

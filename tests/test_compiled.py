@@ -206,13 +206,13 @@ def test_a_hooked_projection_still_fires_in_the_fixed_slot_step(models):
 
 @needs_compiler
 def test_int8_model_compiled_step_equals_its_eager_step(models):
-    """Weight-only int8 with bf16 activations (model/quantize.py) through the compiled step: the int8 kernel
+    """Weight-only int8 with bf16 activations (accel/quantize.py) through the compiled step: the int8 kernel
     inside the graph gives the eager step's logits (the eager int8 model is checked against transformers in
     tests/test_quantize.py), within bf16 rounding."""
-    from model import quantize_int8
+    from accel import accelerate
 
     _, _, folder = models
-    int8 = quantize_int8(load_pretrained(folder, dtype=torch.bfloat16))
+    int8 = accelerate(load_pretrained(folder, dtype=torch.bfloat16), int8=True)
     ids, mask = padded_batch(7, (5, 7))
     following = torch.tensor([[7], [8]])
     results = []

@@ -3,15 +3,26 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import generation.entropy as entropy_module
+import accel.entropy as kernel_module
+from accel.entropy import entropy_kernel_available, fused_entropy_and_top_token
 from generation.entropy import (check_entropy_arguments, consistency_cost, entropy_and_top_token, entropy_bits,
-                                entropy_kernel_available, random_after_index, trough_index, walk_to_trough)
+                                random_after_index, trough_index, walk_to_trough)
+
+ACCELERATED = SimpleNamespace(acceleration=SimpleNamespace(entropy_kernel=True))  # what accelerate() marks
+
+
+def fused(scores: torch.Tensor, normalize: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    """The kernel, as entropy decoding calls it for an accelerated model."""
+    result = fused_entropy_and_top_token(scores, normalize)
+    assert result is not None
+    return result
 
 
 def test_entropy_bits_hand_computed():
@@ -49,13 +60,13 @@ needs_entropy_kernel = pytest.mark.skipif(not entropy_kernel_available(),
 @pytest.mark.parametrize("width", [1, 2, 7, 8, 15, 16, 17, 96, 1001, 49152])
 def test_fused_kernel_gives_the_entropy_and_the_top_token(width):
     rows = awkward_rows(width, torch.Generator().manual_seed(width))
-    entropy, top = entropy_and_top_token(rows)
+    entropy, top = fused(rows)
     finite = torch.isfinite(rows).any(-1)  # rows with a token left (all of them here; NaN rows: the next test)
     torch.testing.assert_close(entropy[finite].double(), entropy_float64(rows)[finite], rtol=0, atol=2e-5)
     # entropy_bits sums 49152 float32 terms in PyTorch's order: off by up to ~5e-5 relative at that width
     torch.testing.assert_close(entropy[finite], entropy_bits(rows)[finite], rtol=1e-4, atol=2e-5)
     assert torch.equal(top, rows.argmax(-1))
-    normalized, _ = entropy_and_top_token(rows, normalize=True)
+    normalized, _ = fused(rows, normalize=True)
     if width > 1:
         torch.testing.assert_close(normalized[finite].double(), entropy_float64(rows)[finite] / math.log2(width),
                                    rtol=0, atol=2e-6)
@@ -69,25 +80,40 @@ def test_fused_kernel_on_hand_computed_rows_and_the_edge_cases():
     rows[2, 7] = 0.0  # one token left: 0
     rows[3] = torch.arange(40.0)
     rows[3, 9] = math.nan  # a NaN: entropy NaN, argmax at the NaN (as torch.argmax)
-    entropy, top = entropy_and_top_token(rows)  # row 4: every token removed: NaN, like entropy_bits
+    entropy, top = fused(rows)  # row 4: every token removed: NaN, like entropy_bits
     assert entropy[:3].tolist() == [2.0, 3.0, 0.0]
     assert entropy[3:].isnan().all() and entropy_bits(rows)[3:].isnan().all()
     assert top.tolist() == rows.argmax(-1).tolist() == [0, 0, 7, 9, 0]
     batch = torch.randn(3, 2, 50)  # leading dimensions are kept, as entropy_bits keeps them
-    entropy, top = entropy_and_top_token(batch)
+    entropy, top = fused(batch)
     assert entropy.shape == top.shape == (3, 2)
     torch.testing.assert_close(entropy, entropy_bits(batch), rtol=0, atol=1e-5)
 
 
 def test_without_the_kernel_the_same_numbers_come_from_pytorch(monkeypatch):
+    """A plain model, an accelerated one where the kernel cannot run, or scores it does not take: the formula."""
     rows = awkward_rows(300, torch.Generator().manual_seed(0))
-    monkeypatch.setattr(entropy_module, "entropy_kernel_available", lambda: False)
-    entropy, top = entropy_and_top_token(rows)
+    for model in (None, SimpleNamespace(acceleration=SimpleNamespace(entropy_kernel=False))):
+        entropy, top = entropy_and_top_token(rows, model=model)
+        assert torch.equal(entropy, entropy_bits(rows)) and torch.equal(top, rows.argmax(-1))
+    monkeypatch.setattr(kernel_module, "entropy_kernel_available", lambda: False)
+    entropy, top = entropy_and_top_token(rows, model=ACCELERATED)
     assert torch.equal(entropy, entropy_bits(rows)) and torch.equal(top, rows.argmax(-1))
     half = rows.bfloat16()  # not float32: never the kernel
     monkeypatch.undo()
-    entropy, top = entropy_and_top_token(half)
+    entropy, top = entropy_and_top_token(half, model=ACCELERATED)
     assert torch.equal(entropy, entropy_bits(half)) and torch.equal(top, half.argmax(-1))
+
+
+@needs_entropy_kernel
+def test_an_accelerated_model_takes_the_kernel(monkeypatch):
+    rows = awkward_rows(300, torch.Generator().manual_seed(1))
+    calls = []
+    monkeypatch.setattr(kernel_module, "fused_entropy_and_top_token",
+                        lambda *args: calls.append(1) or fused_entropy_and_top_token(*args))
+    entropy, top = entropy_and_top_token(rows, model=ACCELERATED)
+    assert calls and torch.equal(top, rows.argmax(-1))
+    torch.testing.assert_close(entropy, entropy_bits(rows), rtol=1e-4, atol=2e-5)
 
 
 @pytest.mark.parametrize("costs, expected", [

@@ -62,11 +62,13 @@ def test_a_tensor_at_an_unaligned_offset_is_read_correctly(tmp_path):
 
 
 def test_editing_a_loaded_weight_never_writes_the_checkpoint(tmp_path):
-    """The fast path maps the file copy-on-write: gate_proj is stacked in place over the mapping, and an in-place
-    edit changes the model, not the file."""
+    """The fast path maps the file copy-on-write: gate_proj is stacked in place over the mapping (accelerated),
+    and an in-place edit changes the model, not the file."""
     save_tiny_llama(tmp_path)
     before = (tmp_path / "model.safetensors").read_bytes()
-    model = load_pretrained(tmp_path, read_file=map_file)
+    from accel import accelerate
+
+    model = accelerate(load_pretrained(tmp_path, read_file=map_file))
     with torch.no_grad():
         model.layers[0].mlp.gate_proj.weight.add_(1.0)
         model.embed_tokens.weight.zero_()

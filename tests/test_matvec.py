@@ -1,4 +1,4 @@
-"""The hand-written kernel for one row or a few (model/matvec.cpp) and where model/linear.py uses it.
+"""The hand-written kernel for one row or a few (accel/matvec.cpp) and where accel/linear.py uses it.
 
 The reference is the product computed in float64; the model with the kernel is held against transformers.
 """
@@ -15,12 +15,20 @@ from pathlib import Path
 import pytest
 import torch
 
-import model.linear as linear_module
-import model.matvec as matvec_module
+import accel.linear as linear_module
+import accel.matvec as matvec_module
+from accel import Products, accelerate
+from accel.linear import linear, uses_kernel
+from accel.matvec import build, cpu_can_run_it, matvec, matvec_available
 from conftest import save_tiny_llama
 from model import load_pretrained
-from model.linear import linear, uses_matvec_kernel
-from model.matvec import build, cpu_can_run_it, matvec, matvec_available
+
+AMD = Products(kernel_float32=(1, 1), kernel_half=(1, 4), tall_skinny=(2, 32))  # what AMD CPUs measured fastest
+INTEL = Products(kernel_float32=(4, 8), kernel_half=(1, 4))  # and Intel ones
+
+
+def uses_matvec_kernel(x: torch.Tensor, weight: torch.Tensor, products: Products) -> bool:
+    return uses_kernel(x, weight, x.numel() // x.shape[-1], products)
 
 CAN_BUILD = cpu_can_run_it() and shutil.which("g++") is not None
 needs_kernel = pytest.mark.skipif(not CAN_BUILD, reason="needs an AVX2 x86 CPU and g++")
@@ -109,39 +117,41 @@ def test_matvec_refuses_what_it_cannot_compute():
 @needs_kernel
 @pytest.mark.parametrize("vendor, float32_kernel", [("AuthenticAMD", True), ("GenuineIntel", False)])
 def test_linear_takes_the_kernel_only_where_it_applies(monkeypatch, vendor, float32_kernel):
-    """float32 only where the kernel beats MKL (not on Intel CPUs); bfloat16/float16 wherever it runs."""
-    monkeypatch.setattr(linear_module, "cpu_vendor", lambda: vendor)
+    """Each vendor's routes, forced on any CPU: float32 one row only where the kernel beats MKL (not on Intel CPUs),
+    4-8 rows on Intel; bfloat16/float16 1-4 rows everywhere."""
+    products = AMD if vendor == "AuthenticAMD" else INTEL
     weight = torch.randn(64, 32)
     one_row = torch.randn(1, 1, 32)
-    assert uses_matvec_kernel(one_row, weight) is float32_kernel
-    assert uses_matvec_kernel(one_row.bfloat16(), weight.bfloat16())
-    assert uses_matvec_kernel(one_row.half(), weight.half())
+    assert uses_matvec_kernel(one_row, weight, products) is float32_kernel
+    assert uses_matvec_kernel(one_row.bfloat16(), weight.bfloat16(), products)
+    assert uses_matvec_kernel(one_row.half(), weight.half(), products)
     calls = []
     monkeypatch.setattr(linear_module, "matvec", lambda w, x: calls.append(x.shape) or matvec(w, x))
     for rows in range(2, 10):  # point 7: float32 4-8 rows on Intel only, bf16/fp16 up to 4 rows anywhere
         several = torch.randn(rows, 1, 32)
         takes_it = vendor == "GenuineIntel" and 4 <= rows <= 8
-        assert uses_matvec_kernel(several, weight) is takes_it, rows
-        assert uses_matvec_kernel(several.bfloat16(), weight.bfloat16()) is (rows <= 4), rows
+        assert uses_matvec_kernel(several, weight, products) is takes_it, rows
+        assert uses_matvec_kernel(several.bfloat16(), weight.bfloat16(), products) is (rows <= 4), rows
         calls.clear()
         with torch.no_grad():
             expected = several.double() @ weight.double().t()
-            torch.testing.assert_close(linear(several, weight).double(), expected, atol=1e-5, rtol=0)
+            torch.testing.assert_close(linear(several, weight, None, products).double(), expected, atol=1e-5, rtol=0)
         assert calls == ([(rows, 32)] if takes_it else []), rows  # linear went through the kernel, or did not
-    assert not uses_matvec_kernel(one_row, weight.t().contiguous().t())  # column-major: MKL
-    assert not uses_matvec_kernel(one_row.bfloat16(), weight)  # mixed dtypes
-    assert not uses_matvec_kernel(one_row.double(), weight.double())
+    assert not uses_matvec_kernel(one_row, weight.t().contiguous().t(), AMD)  # column-major: MKL
+    assert not uses_matvec_kernel(one_row.bfloat16(), weight, AMD)  # mixed dtypes
+    assert not uses_matvec_kernel(one_row.double(), weight.double(), AMD)
     with torch.enable_grad():  # the kernel has no backward
-        assert not uses_matvec_kernel(one_row, weight.requires_grad_())
+        assert not uses_matvec_kernel(one_row, weight.requires_grad_(), AMD)
     bias = torch.randn(64)
     expected = one_row.double() @ weight.detach().double().t() + bias.double()
     with torch.no_grad():
-        torch.testing.assert_close(linear(one_row, weight.detach(), bias).double(), expected, atol=1e-5, rtol=0)
+        torch.testing.assert_close(linear(one_row, weight.detach(), bias, products).double(), expected, atol=1e-5,
+                                   rtol=0)
 
 
 def test_gradients_still_flow_through_a_one_row_product():
     weight = torch.randn(8, 32, requires_grad=True)
-    linear(torch.ones(1, 32), weight).sum().backward()
+    linear(torch.ones(1, 32), weight, None, AMD).sum().backward()
     torch.testing.assert_close(weight.grad, torch.ones(8, 32))
 
 
@@ -150,13 +160,15 @@ def test_gradients_still_flow_through_a_one_row_product():
 def test_greedy_decoding_through_the_kernel_matches_transformers(tmp_path, monkeypatch, dtype):
     from generation import generate
 
-    monkeypatch.setattr(linear_module, "cpu_vendor", lambda: "AuthenticAMD")  # float32 too, on any x86 CPU
     hf = save_tiny_llama(tmp_path, hidden_size=64, intermediate_size=96).to(dtype)
-    model = load_pretrained(tmp_path, dtype=dtype)
+    model = accelerate(load_pretrained(tmp_path, dtype=dtype), products=AMD)  # float32 too, on any x86 CPU
+    calls = []
+    monkeypatch.setattr(linear_module, "matvec", lambda w, x: calls.append(x.shape) or matvec(w, x))
     ids = torch.tensor([[5, 9, 13, 40, 2, 77, 31]])
     with torch.no_grad():
         expected = hf.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
     assert torch.equal(generate(model, ids, max_new_tokens=12, eos_token_id=[]).sequences, expected)
+    assert calls  # the decode steps went through the kernel
 
 
 def test_a_source_that_does_not_compile_raises_with_the_compiler_message(tmp_path, monkeypatch):
@@ -190,11 +202,11 @@ import sys, torch
 sys.path.insert(0, {str(REPO)!r}); sys.path.insert(0, {str(REPO / 'tests')!r})
 from transformers import LlamaForCausalLM
 from model import load_pretrained
-from model.linear import choose_weight_layout
-from model.matvec import matvec_available
+from accel import accelerate, choose_weight_layout
+from accel.matvec import matvec_available
 assert not matvec_available()
 assert choose_weight_layout(True, True) == "column_major"
-model = load_pretrained({str(tmp_path)!r})
+model = accelerate(load_pretrained({str(tmp_path)!r}))
 hf = LlamaForCausalLM.from_pretrained({str(tmp_path)!r}).eval()
 ids = torch.tensor([[3, 1, 4, 1, 5]])
 with torch.no_grad():

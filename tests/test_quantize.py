@@ -1,4 +1,4 @@
-"""model/quantize.py: weight-only int8, against the formula and against transformers run on the same int8 weights.
+"""accel/quantize.py: weight-only int8, against the formula and against transformers run on the same int8 weights.
 
 The reference for a quantized model is transformers' LlamaForCausalLM whose matrices were replaced by the
 dequantized int8 ones (scale[o] * q[o, i], computed here in float64 from q and the scales): the same weights,
@@ -16,9 +16,10 @@ from torch import nn
 from cache import DynamicCache
 from conftest import save_tiny_gpt_oss, save_tiny_llama
 from generation import generate
+from accel import accelerate
+from accel.quantize import INT8_KERNEL_ROWS, Int8Linear, int8_linear, quantize_int8, quantize_int8_rows
+from accel.stacked import StackedLinear
 from model import load_pretrained
-from model.linear import StackedLinear
-from model.quantize import INT8_KERNEL_ROWS, Int8Linear, int8_linear, quantize_int8, quantize_int8_rows
 
 
 def reference_dequantized(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -67,7 +68,6 @@ def test_int8_linear_handles_widths_the_kernel_cannot(in_features):
 
 def test_a_column_major_model_quantizes_to_row_major_int8_and_runs_in_bf16(tmp_path):
     hf, model = quantized_pair(tmp_path, weight_layout="column_major", initializer_range=0.2)
-    assert model.weight_layout == "row_major"
     assert all(p.is_contiguous() for p in model.parameters() if p.dtype == torch.int8)
     ids = torch.tensor([[3, 4, 5, 6]])
     with torch.no_grad():
@@ -76,20 +76,23 @@ def test_a_column_major_model_quantizes_to_row_major_int8_and_runs_in_bf16(tmp_p
     torch.testing.assert_close(got, expected, atol=0.03 * expected.abs().max().item(), rtol=0)
 
 
-def test_replaced_scales_are_used_by_the_stacked_product(tmp_path):
-    hf, model = quantized_pair(tmp_path)
+def test_quantizing_an_accelerated_model_stacks_the_int8_weights(tmp_path):
+    """The int8 draft quantizes a copy of an accelerated float model: its stacks are made again, over int8."""
+    hf = save_tiny_llama(tmp_path, initializer_range=0.2)
+    model = quantize_int8(accelerate(load_pretrained(tmp_path), layout="column_major"))
+    stacked = model.layers[0].self_attn.qkv_proj
+    assert stacked.weight.dtype == torch.int8 and stacked.scale is not None
+    assert model.layers[0].self_attn.q_proj.weight.data_ptr() == stacked.weight.data_ptr()
+    reference = quantize_int8(load_pretrained(tmp_path))  # unstacked
     ids = torch.tensor([[3, 4, 5]])
     with torch.no_grad():
-        q_proj = model.layers[0].self_attn.q_proj
-        q_proj.scale = q_proj.scale * 2  # a new tensor: the stacked scales are stale now
-        hf.model.layers[0].self_attn.q_proj.weight.mul_(2)  # what doubled scales stand for
-        torch.testing.assert_close(model(ids).logits, hf(ids).logits, atol=1e-5, rtol=0)
+        torch.testing.assert_close(model(ids).logits, reference(ids).logits, atol=1e-5, rtol=0)
 
 
 def quantized_pair(folder, weight_layout: str = "row_major", **overrides):
     """(transformers model with the dequantized int8 weights, our int8 model in float32) from one checkpoint."""
     hf = save_tiny_llama(folder, **overrides)
-    model = quantize_int8(load_pretrained(folder, weight_layout=weight_layout))
+    model = accelerate(load_pretrained(folder), layout=weight_layout, int8=True)
     ours = dict(model.named_modules())
     with torch.no_grad():
         for name, module in hf.named_modules():
@@ -126,7 +129,8 @@ def test_quantized_greedy_equals_transformers_greedy_on_the_same_weights(tmp_pat
 
 
 def test_a_hook_on_a_quantized_projection_still_fires(tmp_path):
-    _, model = quantized_pair(tmp_path)
+    save_tiny_llama(tmp_path)
+    model = quantize_int8(load_pretrained(tmp_path))  # quantized, not stacked: every projection is called
     seen = []
     model.layers[1].self_attn.q_proj.register_forward_hook(lambda module, args, out: seen.append(out.shape))
     with torch.no_grad():

@@ -144,7 +144,9 @@ def test_folder_stores_each_layers_stacked_parts_back_to_back_and_loads_them_wit
         for group in (("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"), ("mlp.gate_proj", "mlp.up_proj")):
             ranges = [header[f"model.layers.{layer}.{part}.weight"]["data_offsets"] for part in group]
             assert all(end == start for (_, end), (start, _) in zip(ranges, ranges[1:])), (layer, group)
-    model = load_pretrained(built)
+    from accel import accelerate
+
+    model = accelerate(load_pretrained(built))
     attention = model.layers[7].self_attn
     stacked = attention.qkv_proj.weight
     assert stacked.data_ptr() == attention.q_proj.weight.data_ptr()  # a view of the parts, not a copy

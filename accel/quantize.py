@@ -7,14 +7,10 @@ streams are quantized: q/k/v/o, gate/up/down and the head (SmolLM2-135M: 134 MB 
 The rounding error of each weight is at most scale / 2, i.e. 1/254 of its row's largest weight (llama.cpp's
 Q8_0 is the same idea with one scale per 32 weights).
 
-The product, measured on a 2-core AVX2 CPU: for one row, the hand-written kernel of model/matvec.cpp (int8
-widened to float32, the row's scale applied once) streams all of SmolLM2's int8 matrices in about 8 ms (bf16:
-13). For 2-63 bfloat16 rows, PyTorch's CPU kernel `_weight_int8pack_mm` multiplies by the int8 matrix and
-applies the scales (2-4 rows: 3x faster than the bf16 product; it also serves one row where matvec.cpp cannot
-be built). With float32 or float16 activations that kernel is several times slower than the plain product, and
-for many rows (a prompt) the float32 product of the dequantized matrix is faster, so `int8_linear` multiplies
-by the dequantized matrix (`dequantize_int8`) there: the same numbers, just slower. Compiled (`compile=True`),
-int8 decodes at 67 tok/s against 47 for bf16 (scripts/bench.py, same run; README).
+The product: for one row, the hand-written kernel of accel/matvec.cpp (int8 widened to float32, the row's scale
+applied once); for 1-63 bfloat16 rows, PyTorch's CPU kernel `_weight_int8pack_mm` (int8 times bf16, the scales
+applied inside); otherwise the float32 product of the dequantized matrix (`dequantize_int8`): the same numbers,
+just slower. Measurements: docs/performance.md.
 
 With a tied head (SmolLM2), the head gets its own int8 copy and the embedding stays in the model's dtype (a
 lookup reads one row per token, so its bytes do not matter): `lm_head.weight` is then no longer the embedding.
@@ -73,7 +69,7 @@ class Int8Linear(nn.Module):
     """A linear layer whose weight is int8 with a bfloat16 scale per output row; computes `int8_linear`.
 
     `weight` is an int8 Parameter (requires_grad=False: weight-only quantization is for inference), so the
-    q/k/v and gate/up stacks of model/linear.py stack it like any other weight.
+    q/k/v and gate/up stacks of accel/stacked.py stack it like any other weight.
     """
 
     def __init__(self, q: torch.Tensor, scale: torch.Tensor, bias: torch.Tensor | None = None):
@@ -104,10 +100,10 @@ class Int8Linear(nn.Module):
 
 
 def quantize_int8(model: nn.Module) -> nn.Module:
-    """Replace every nn.Linear of the model (blocks and head) by an Int8Linear, in place; returns the model.
+    """Replace every linear of the model (blocks and head) by an Int8Linear, in place; returns the model.
 
-    The new modules carry no hooks (register them after quantizing), and the model's weight_layout becomes
-    "row_major": the int8 kernel reads rows. Refuses a model that already is quantized, and GPT-OSS (its experts
+    The new modules carry no hooks (register them after quantizing). A model whose projections accel/ stacked gets
+    its stacks again, over the int8 weights. Refuses a model that already is quantized, and GPT-OSS (its experts
     are MXFP4 tensors, not linears).
     """
     if any(isinstance(module, Int8Linear) for module in model.modules()):
@@ -120,12 +116,7 @@ def quantize_int8(model: nn.Module) -> nn.Module:
                if isinstance(child, nn.Linear)]
     for parent, name, child in parents:
         setattr(parent, name, Int8Linear.from_linear(child))
-    for module in model.modules():  # the stacks pointed at the float weights: stack the int8 ones instead
-        if hasattr(module, "qkv_proj"):
-            module.qkv_proj = None
-        if hasattr(module, "gate_up_proj"):
-            module.gate_up_proj = None
-    from .linear import arrange_weights  # imported here: linear.py imports this module
-    arrange_weights(model, "row_major")
-    model.weight_layout = "row_major"
+    from .stacked import restack  # imported here: stacked.py imports this module
+
+    restack(model)  # stacks that pointed at the float weights now stack the int8 ones
     return model

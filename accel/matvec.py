@@ -1,17 +1,14 @@
-"""A hand-written matrix-vector product for batch-1 decoding on x86 CPUs (the kernel is model/matvec.cpp).
+"""A hand-written matrix-vector product for decoding on x86 CPUs (the kernel is accel/matvec.cpp).
 
-A decode step multiplies one row by every weight matrix, so it is as fast as the weights stream from memory.
-Measured on the 2-core AVX2 CPU of the benchmark (scripts/bench.py): a loop that just reads one 226 MB array
-gets 25 GB/s, but PyTorch's own products stream a weight at 10-16 GB/s (MKL in float32, PyTorch's kernels in
-bfloat16/float16). matvec.cpp walks each thread's rows front to back with a prefetch ahead and reaches 20-25 GB/s:
-one row through all of SmolLM2's matrices takes 23 ms in float32 (PyTorch: 47 ms), 13 ms in bfloat16 (20-23), 8 ms
-in int8 (model/quantize.py; PyTorch's int8 kernel: 14). It also takes a few rows at once (x (rows, in)), reading
-each weight row once for all of them: beam search and small batches (model/linear.py, point 7).
+A decode step multiplies one row (or a few) by every weight matrix, so it is as fast as the weights stream from
+memory. matvec.cpp walks each thread's weight rows front to back with a prefetch ahead, and multiplies each weight
+row by every row of x while it sits in L1 (x (rows, in)); measurements against PyTorch's products are in
+docs/performance.md.
 
 The kernel is C++, so it is compiled on first use, once per machine, with the C++ compiler that torch.compile
 also needs (`g++`, about 15 s; scripts/setup.sh does it), and cached under ~/.cache/scratch-lm/kernels/ keyed
-by the source and torch's version. `matvec_available()` is False, and `model/linear.py` keeps PyTorch's products (the same numbers up to
-float rounding), where it cannot run: not an x86 CPU with AVX2/FMA/F16C, no compiler, or
+by the source and torch's version. `matvec_available()` is False, and accel/linear.py keeps PyTorch's products
+(the same numbers up to float rounding), where it cannot run: not an x86 CPU with AVX2/FMA/F16C, no compiler, or
 SCRATCH_LM_MATVEC=0 in the environment (to compare the two).
 """
 
@@ -70,7 +67,7 @@ def build(source: Path = SOURCE) -> Path:
 def load_kernel(source: Path, switch: str) -> bool:
     """Build `source` (once per machine) and load it into torch; False where it cannot run: the environment
     variable `switch` is "0", the CPU lacks AVX2/FMA/F16C, there is no g++, or the build failed (with a warning
-    that quotes the compiler). generation/entropy.cpp is loaded the same way."""
+    that quotes the compiler). accel/entropy.cpp is loaded the same way."""
     if os.environ.get(switch, "1") == "0" or not cpu_can_run_it() or shutil.which("g++") is None:
         return False
     try:
@@ -105,6 +102,6 @@ def matvec_available() -> bool:
 
 def matvec(weight: torch.Tensor, x: torch.Tensor, scale: torch.Tensor | None = None) -> torch.Tensor:
     """weight (out, in) contiguous float32/bf16/fp16 on the CPU, x (in,) -> weight @ x (out,) in x's dtype, or
-    x (rows, in) -> x @ weight^T (rows, out), each weight row read once for all rows (a few: see model/linear.py,
-    point 7); an int8 weight with its scale (out,) gives scale * (weight @ x). Only after matvec_available()."""
+    x (rows, in) -> x @ weight^T (rows, out), each weight row read once for all rows (a few: see accel/linear.py);
+    an int8 weight with its scale (out,) gives scale * (weight @ x). Only after matvec_available()."""
     return torch.ops.scratch_lm.matvec(weight, x, scale)

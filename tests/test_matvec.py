@@ -80,7 +80,7 @@ def test_matvec_of_several_rows_equals_the_float64_product(dtype, rows, shape):
 @pytest.mark.parametrize("shape", [(576, 576), (17, 33), (5, 7)])
 @pytest.mark.parametrize("rows", [None, 3, 6])
 def test_int8_matvec_applies_each_rows_scale(dtype, shape, rows):
-    from model.quantize import dequantize_int8, quantize_int8_rows
+    from accel.quantize import dequantize_int8, quantize_int8_rows
 
     generator = torch.Generator().manual_seed(shape[0])
     q, scale = quantize_int8_rows(torch.randn(shape, generator=generator) * torch.rand(shape[0], 1) * 3)

@@ -167,3 +167,19 @@ def test_the_cli_takes_a_qwen3_folder(tmp_path, capsys):
     out, err = capsys.readouterr()
     assert code == 0, err
     assert out == tokenizer.decode(new, skip_special_tokens=True) + "\n"
+
+
+@pytest.mark.parametrize("variant", ["qwen2", "qwen3_tied", "qwen2_sliding"])
+def test_the_accelerated_model_keeps_qwens_differences(tmp_path, variant):
+    """accelerate() (what scripts/generate.py runs by default) leaves the biases and per-head norms in place."""
+    from accel import accelerate
+
+    model_type, overrides = VARIANTS[variant]
+    hf = save_tiny_qwen(tmp_path, model_type, **overrides)
+    fast = accelerate(load_pretrained(tmp_path))
+    ids, mask = left_padded_batch(1)
+    with torch.no_grad():
+        expected, got = hf(ids, attention_mask=mask).logits, fast(ids, attention_mask=mask).logits
+    assert (got - expected)[mask.bool()].abs().max() <= 1e-4
+    theirs = hf.generate(ids, attention_mask=mask, max_new_tokens=8, do_sample=False)
+    assert torch.equal(fast.generate(ids, attention_mask=mask, max_new_tokens=8), theirs)

@@ -6,25 +6,25 @@ row by every row of x while it sits in L1 (x (rows, in)); measurements against P
 docs/performance.md.
 
 The kernel is C++, so it is compiled on first use, once per machine, with the C++ compiler that torch.compile
-also needs (`g++`, about 15 s; scripts/setup.sh does it), and cached under ~/.cache/scratch-lm/kernels/ keyed
-by the source and torch's version. `matvec_available()` is False, and accel/linear.py keeps PyTorch's products
-(the same numbers up to float rounding), where it cannot run: not an x86 CPU with AVX2/FMA/F16C, no compiler, or
-SCRATCH_LM_MATVEC=0 in the environment (to compare the two).
+also needs (`g++`, about 15 s; scripts/setup.sh does it), and cached under ~/.cache/scratch-lm/kernels/, where
+accel/kernel_cache.py loads a library only if this user built it from this source and these flags.
+`matvec_available()` is False, and accel/linear.py keeps PyTorch's products (the same numbers up to float
+rounding), where it cannot run: not an x86 CPU with AVX2/FMA/F16C, no compiler, or SCRATCH_LM_MATVEC=0 in the
+environment (to compare the two).
 """
 
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import shutil
 import subprocess
-import sys
-import tempfile
 import warnings
 from pathlib import Path
 
 import torch
+
+from .kernel_cache import cached_build
 
 SOURCE = Path(__file__).with_name("matvec.cpp")
 CACHE_DIR = Path(os.environ.get("SCRATCH_LM_KERNEL_CACHE", Path.home() / ".cache" / "scratch-lm" / "kernels"))
@@ -48,20 +48,11 @@ def compile_command(source: Path, output: Path) -> list[str]:
             f"-D_GLIBCXX_USE_CXX11_ABI={abi}", *includes, *libraries, "-lc10", "-ltorch_cpu", "-ltorch"]
 
 
-def build(source: Path = SOURCE) -> Path:
-    """Compile `source` into the cache (once: the file name is a hash of the source and torch's version) and
-    return the library's path. Written to a temporary name and renamed, so concurrent builds cannot clash."""
-    key = hashlib.sha256(source.read_bytes() + torch.__version__.encode()).hexdigest()[:16]
-    library = CACHE_DIR / f"{source.stem}-{key}.so"
-    if library.is_file():
-        return library
-    CACHE_DIR.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=CACHE_DIR) as scratch:
-        partial = Path(scratch) / library.name
-        print(f"scratch-lm: compiling {source.name} once for this machine (about 15 s)...", file=sys.stderr)
-        subprocess.run(compile_command(source, partial), check=True, capture_output=True, text=True)
-        os.replace(partial, library)
-    return library
+def build(source: Path = SOURCE) -> Path | None:
+    """Compile `source` into the kernel cache (once per source, flags and torch version) and return the library's
+    path; None when the cache folder is not private to this user. accel/kernel_cache.py checks the folder and
+    the library (owner, permissions, the hashes recorded at build time) before anything is loaded."""
+    return cached_build(source, compile_command, CACHE_DIR)
 
 
 def load_kernel(source: Path, switch: str) -> bool:
@@ -72,6 +63,8 @@ def load_kernel(source: Path, switch: str) -> bool:
         return False
     try:
         library = build(source)
+        if library is None:  # an untrusted cache folder (with a notice): PyTorch's operations
+            return False
     except (OSError, subprocess.CalledProcessError) as err:
         detail = getattr(err, "stderr", "") or str(err)
         warnings.warn(f"scratch-lm could not compile {source.name}, so PyTorch's slower operations run instead: "

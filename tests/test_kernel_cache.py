@@ -124,3 +124,38 @@ def test_a_cache_folder_of_another_user_is_not_used(setup, capsys):
     os.chown(cache, 65534, 65534)
     assert cached_build(source, command_for, cache) is None
     assert "is owned by another user (uid 65534)" in capsys.readouterr().err
+
+
+LOAD = """
+import sys
+from pathlib import Path
+from accel.matvec import compile_command, load_kernel
+print(load_kernel(Path(sys.argv[1]), "SCRATCH_LM_TEST_SWITCH"))
+"""
+
+
+@pytest.mark.parametrize("spoil", ["planted", "empty"])
+def test_the_kernel_loader_never_loads_a_planted_library(tmp_path, spoil):
+    """Through accel/matvec.py's load_kernel (the loader of matvec.cpp and entropy.cpp), in a fresh process: a
+    library planted under the name the cache uses, or an empty one there, is rebuilt before anything is loaded."""
+    import sys
+
+    from accel.kernel_cache import build_key
+    from accel.matvec import compile_command, cpu_can_run_it
+
+    if not cpu_can_run_it():
+        pytest.skip("load_kernel runs only on an AVX2 CPU")
+    source, cache, marker = tmp_path / "tiny.cpp", tmp_path / "cache", tmp_path / "marker"
+    source.write_text(GOOD)
+    cache.mkdir(mode=0o700)
+    name = f"tiny-{build_key(source, compile_command(source, Path('OUTPUT')))[:16]}.so"
+    if spoil == "planted":
+        plant(cache / name, marker)
+    else:
+        (cache / name).write_bytes(b"")
+    root = Path(__file__).resolve().parent.parent
+    run = subprocess.run([sys.executable, "-c", LOAD, str(source)], capture_output=True, text=True, timeout=300,
+                         cwd=root, env={**os.environ, "PYTHONPATH": str(root), "SCRATCH_LM_KERNEL_CACHE": str(cache)})
+    assert run.stdout.strip() == "True", run.stderr
+    assert f"scratch-lm: rebuilding {name}: the cached library has no build record (not built here)" in run.stderr
+    assert not marker.exists() and answer(cache / name) == 42

@@ -5,13 +5,15 @@
 1. read the header: config.json, then each tensor's name, shape and dtype from the safetensors headers alone;
 2. check that the weights fit the config, before any memory is spent on them;
 3. build the model on the meta device: every parameter has its shape but no storage;
-4. read the tensors (safetensors maps the file, so a tensor already in the wanted dtype is not copied);
+4. read the tensors (each file is memory-mapped, so a tensor already in the wanted dtype is not copied);
 5. give them to the model with `load_state_dict(assign=True)` (the model takes the tensors themselves) and tie
    the head to the embedding.
 
 GPT-OSS releases store the expert weights in MXFP4 (`<name>_blocks` + `<name>_scales`, model/mxfp4.py): the
-header counts each pair as one tensor, and step 4 decodes them. A faster reader that maps each file once, so
-that tensors lying back to back become one view, is a separate fast path (model/fast_loading.py).
+header counts each pair as one tensor, and step 4 decodes them. Step 4's reader is a parameter: by default
+`map_file` (model/fast_loading.py) maps each file once, so that tensors lying back to back share one storage and
+the accelerator (accel/) can stack them as one view; `read_safetensors` is safetensors' own reader, which gives
+every tensor a storage of its own.
 """
 
 from __future__ import annotations
@@ -59,7 +61,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     dtype None keeps the checkpoint's own dtype (MXFP4 experts are then decoded to that of the other weights);
     check_finite scans every tensor for NaN/inf (one pass over the weights); name_map turns a stored name into
     ours (default: drop transformers' `model.` prefix); read_file(path) -> {stored name: tensor} reads one file
-    (default: safetensors; model/fast_loading.py has a faster one). The model is the plain one:
+    (default: `map_file`, one mapping per file; `read_safetensors` is the other). The model is the plain one:
     `accel.accelerate(model, ...)` makes it faster for decoding.
     """
     name_map = name_map or hf_to_local_name
@@ -73,7 +75,7 @@ def load_pretrained(path: str | Path, dtype: torch.dtype | None = None, device: 
     check_memory(header.tensors, dtype, device)  # the copies this load makes, against the memory available
     model = build_on_meta(config, attn_implementation)  # 3
     check_tensors(expected_shapes(model), header.tensors, config.tie_word_embeddings)
-    state = read_tensors(header, name_map, dtype, device, read_file or map_file)  # 4  (issue 19: read_safetensors)
+    state = read_tensors(header, name_map, dtype, device, read_file or map_file)  # 4
     if check_finite:
         check_all_finite(state)
     assign_tensors(model, state, config.tie_word_embeddings)  # 5

@@ -13,6 +13,7 @@ from safetensors.torch import load_file, save_file
 from conftest import save_tiny_llama
 from model import CheckpointError, ConfigError, ModelConfig, load_pretrained
 from model.fast_loading import map_file
+from model.loading import read_safetensors
 
 
 def logits(model, ids):
@@ -45,6 +46,15 @@ def test_mapped_tensors_equal_what_safetensors_reads(tmp_path, dtype):
     for name, tensor in mapped.items():
         expected = reference.get_tensor(name)
         assert tensor.dtype == expected.dtype and torch.equal(tensor, expected), name
+
+
+@pytest.mark.parametrize("read_file", [map_file, read_safetensors])
+def test_each_reader_loads_exactly_the_stored_tensors(tmp_path, read_file):
+    save_tiny_llama(tmp_path)
+    model = load_pretrained(tmp_path, read_file=read_file)
+    ours = model.state_dict()
+    for name, stored in load_file(tmp_path / "model.safetensors").items():
+        assert torch.equal(ours[name.removeprefix("model.")], stored), name
 
 
 def test_a_tensor_at_an_unaligned_offset_is_read_correctly(tmp_path):

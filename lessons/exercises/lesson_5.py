@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 
 __all__ = ["cache_layer_update", "kv_cache_bytes", "temperature_scale", "top_k_filter", "top_p_filter",
-           "repetition_penalty"]
+           "repetition_penalty", "min_p_filter", "generate_with_cache", "trim_at_stop_string", "repeated_ngram",
+           "distinct_n"]
 
 
 def cache_layer_update(self, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -66,3 +67,53 @@ def repetition_penalty(scores: torch.Tensor, input_ids: torch.Tensor, penalty: f
     提示：torch.gather 取出这些分数，改完用 scatter 写回。scores: (B, V) -> (B, V)。
     """
     raise NotImplementedError("Exercise 5.6: repetition_penalty")
+
+
+def min_p_filter(scores: torch.Tensor, min_p: float, min_tokens_to_keep: int = 1) -> torch.Tensor:
+    """Exercise 5.7：Min-p（Nguyen et al. 2024）：概率低于 min_p × 最大概率的 token 设为 -inf。
+
+    概率用 softmax(scores) 算；最好的 min_tokens_to_keep 个总是保留。scores: (B, V) -> (B, V)。
+    """
+    raise NotImplementedError("Exercise 5.7: min_p_filter")
+
+
+def generate_with_cache(model, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None,
+                        do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
+                        top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Exercise 5.8：自己的 generate()：KV 缓存、贪心或采样、遇到 EOS 停止（综合练习，约 25 行）。
+
+    model 是包里的 CausalLM：`cache = DynamicCache(model.config.num_hidden_layers)`（from cache import
+    DynamicCache），`model(ids, cache=cache).logits` 形状 (1, T, V)，并把 ids 的 K、V 追加进 cache。
+    input_ids 形状 (1, T)（batch 为 1）。
+    - 第一步把整个提示词送进模型（prefill）；之后每步**只送新 token**（评分会数模型一共看到了多少个 token）
+    - 贪心：argmax；do_sample=True：logits / temperature → top-k（可选）→ top-p（可选）→ softmax →
+      torch.multinomial(probs, 1, generator=generator)
+    - 生成了 eos_token_id 就停（EOS 本身包含在输出里）；最多 max_new_tokens 个
+    返回新生成的 token，形状 (1, n)，dtype long。
+    """
+    raise NotImplementedError("Exercise 5.8: generate_with_cache")
+
+
+def trim_at_stop_string(text: str, stop_strings: list[str]) -> tuple[str, bool]:
+    """Exercise 5.9：停止词。text 是到目前为止生成的文字。
+
+    若其中出现了任一停止词，返回 (截到**最早结束**的那个停止词末尾（含停止词）的文字, True)；否则 (text, False)。
+    例：trim_at_stop_string("a\\nb\\n", ["\\n"]) == ("a\\n", True)。空字符串不算停止词。
+    """
+    raise NotImplementedError("Exercise 5.9: trim_at_stop_string")
+
+
+def repeated_ngram(tokens: list[int], n: int) -> bool:
+    """Exercise 5.10：（原课后练习 5）重复检测：最后 n 个 token 是否在**之前**原样出现过（可以与最后 n 个重叠）。
+
+    tokens 不超过 n 个时返回 False。例：[1, 2, 3, 1, 2] 与 n=2 -> True；[1, 2, 3, 4] 与 n=2 -> False。
+    """
+    raise NotImplementedError("Exercise 5.10: repeated_ngram")
+
+
+def distinct_n(rows: list[list[int]], n: int) -> float:
+    """Exercise 5.11：（原课后练习 3）distinct-n：所有行里不同的 n 元组个数 / n 元组总数（各行分别取相邻的 n 个）。
+
+    没有任何 n 元组时返回 0.0。例：[[1, 2, 1, 2]] 与 n=2：(1,2) (2,1) (1,2) -> 2/3。
+    """
+    raise NotImplementedError("Exercise 5.11: distinct_n")

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["entropy_bits", "trough_index", "jensen_shannon_divergence", "plausibility_mask", "dola_contrast"]
+__all__ = ["entropy_bits", "trough_index", "jensen_shannon_divergence", "plausibility_mask", "dola_contrast",
+           "select_premature_layer", "random_after_index"]
 
 
 def entropy_bits(scores: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -55,3 +56,21 @@ def dola_contrast(final_log_probs: torch.Tensor, premature_log_probs: torch.Tens
     两个输入都是 (B, V) 的 log 概率（成熟层 N 与早期层 M）；V_head 用你的 plausibility_mask。返回 (B, V)。
     """
     raise NotImplementedError("Exercise 7.5: dola_contrast")
+
+
+def select_premature_layer(final_log_probs: torch.Tensor,
+                           premature_log_probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Exercise 7.6：DoLa 的早期层选择（式 3）：M = argmax_j JSD(q_N || q_j)，每个序列分别选。
+
+    final_log_probs (B, V) 是最后一层的 log 概率，premature_log_probs (L, B, V) 是 L 个候选层的。
+    返回 (每行选中的候选下标 (B,)（0..L-1，long）, JSD 表 (B, L)，单位 nats)。可以用你的 7.3。
+    """
+    raise NotImplementedError("Exercise 7.6: select_premature_layer")
+
+
+def random_after_index(trough: torch.Tensor, last: int, generator: torch.Generator | None) -> torch.Tensor:
+    """Exercise 7.7：熵谷之后随机（random_after）：每行在 [trough, last]（两端都含）里均匀地抽一个整数。
+
+    trough (B,) long；随机数只能来自 generator（torch.rand(..., generator=generator)）。返回 (B,) long。
+    """
+    raise NotImplementedError("Exercise 7.7: random_after_index")

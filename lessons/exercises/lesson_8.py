@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["greedy_accept", "sampling_accept", "logu_uncertainty"]
+__all__ = ["greedy_accept", "sampling_accept", "logu_uncertainty", "speculative_greedy"]
 
 
 def greedy_accept(target_scores: torch.Tensor, draft_tokens: torch.Tensor) -> tuple[int, int]:
@@ -46,3 +46,20 @@ def logu_uncertainty(logits: torch.Tensor, top_k: int = 10) -> tuple[torch.Tenso
     logits (..., V) -> (AU, EU)，各为 (...)。top_k 不是 1..V 之间的整数时抛 ValueError。
     """
     raise NotImplementedError("Exercise 8.3: logu_uncertainty")
+
+
+def speculative_greedy(target, draft, input_ids: torch.Tensor, max_new_tokens: int,
+                       num_draft_tokens: int) -> torch.Tensor:
+    """Exercise 8.4：贪心投机解码的整个循环（综合练习）。
+
+    target、draft 是包里的 CausalLM（同一个词表），各用一个 `DynamicCache(m.config.num_hidden_layers)`；
+    `m(ids, cache=cache).logits` (1, T, V) 把 ids 追加进缓存，`cache.crop(n)` 只留前 n 个位置，
+    `cache.get_seq_length()` 是缓存长度。input_ids (1, T)。每一轮：
+    1. 草稿逐个贪心地提出 γ = num_draft_tokens 个 token（不超过还需要的个数）
+    2. 目标模型对 [上一个 token, d_1..d_γ] **一次**前向，得到 γ + 1 个位置的 argmax
+    3. 接受与目标一致的最长前缀，再接上目标在第一个不一致处（或全部接受时最后一个位置）的 token
+    4. 两个缓存都 crop 掉被拒绝的部分
+    返回新 token (1, max_new_tokens)（不处理 EOS）：必须与 target 自己贪心解码**逐 token 相同**，
+    而草稿与目标相同时，目标模型的前向次数要远少于 max_new_tokens。
+    """
+    raise NotImplementedError("Exercise 8.4: speculative_greedy")

@@ -1,4 +1,6 @@
-"""The reference solutions are the package's own functions: one implementation of each idea.
+"""The reference solutions: the package's own functions (one implementation of each idea), and for the
+exercises that build something the package does not have in that shape (a whole forward from a state_dict,
+a 25-line generate, the speculative loop, training), the plain-PyTorch solutions in `solutions/`.
 
 Each stub in `lesson_N.py` has the signature of the package function named here. Where the package
 function is a method (e.g. `RMSNorm.forward`), the stub takes the object as its first argument `self`.
@@ -25,11 +27,13 @@ REFERENCES: dict[int, dict[str, str]] = {
         "repeat_kv": "model.layers:repeat_kv",
         "build_attention_mask": "model.layers:build_attention_mask",
         "eager_attention": "model.layers:eager_attention",
+        "attention_forward": "lessons.exercises.solutions.lesson_3:attention_forward",
     },
     4: {
         "swiglu_forward": "model.layers:SwiGLU.forward",
         "decoder_block_forward": "model.layers:DecoderBlock.forward",
         "default_position_ids": "model.causal_lm:default_position_ids",
+        "causal_lm_forward": "lessons.exercises.solutions.lesson_4:causal_lm_forward",
     },
     5: {
         "cache_layer_update": "cache.dynamic:DynamicLayer.update",
@@ -38,6 +42,11 @@ REFERENCES: dict[int, dict[str, str]] = {
         "top_k_filter": "generation.warpers:top_k_filter",
         "top_p_filter": "generation.warpers:top_p_filter",
         "repetition_penalty": "generation.penalties:repetition_penalty",
+        "min_p_filter": "generation.warpers:min_p_filter",
+        "generate_with_cache": "lessons.exercises.solutions.lesson_5:generate_with_cache",
+        "trim_at_stop_string": "lessons.exercises.solutions.lesson_5:trim_at_stop_string",
+        "repeated_ngram": "lessons.exercises.solutions.lesson_5:repeated_ngram",
+        "distinct_n": "lessons.exercises.solutions.lesson_5:distinct_n",
     },
     6: {
         "gather_beams": "generation.beam:gather_beams",
@@ -49,16 +58,23 @@ REFERENCES: dict[int, dict[str, str]] = {
         "dola_contrast": "generation.dola:dola_contrast",
         "entropy_bits": "generation.entropy:entropy_bits",
         "trough_index": "generation.entropy:trough_index",
+        "select_premature_layer": "generation.dola:select_premature_layer",
+        "random_after_index": "generation.entropy:random_after_index",
     },
     8: {
         "greedy_accept": "generation.speculative:greedy_accept",
         "sampling_accept": "generation.speculative:sampling_accept",
         "logu_uncertainty": "generation.uncertainty:logu_uncertainty",
+        "speculative_greedy": "lessons.exercises.solutions.lesson_8:speculative_greedy",
     },
     9: {
         "unpermute_rope_rows": "model.zoo.dequantize:unpermute_rope_rows",
         "dequantize_mxfp4": "model.mxfp4:dequantize_mxfp4",
         "moe_route": "model.moe:MoEMLP.route",
+    },
+    10: {
+        "lm_loss": "lessons.exercises.solutions.lesson_10:lm_loss",
+        "train_step": "lessons.exercises.solutions.lesson_10:train_step",
     },
 }
 

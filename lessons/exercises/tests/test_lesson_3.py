@@ -124,3 +124,58 @@ def test_eager_attention_with_sinks(impl, gen):
     expected, _ = gpt_oss_attention(module, q, k, v, additive, 0.35)
     check_close(impl.eager_attention(q, k, v, mask, 0.35, sinks), expected.transpose(1, 2),
                 "sinks：把 sinks.view(1, n_heads, 1, 1) 扩展成一列拼在分数最后，softmax 后去掉这一列再乘 v")
+
+
+# ----------------------------------------------------------------------------------- 3.4 the attention module
+def _hf_attention(seed: int = 0):
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaAttention, LlamaRotaryEmbedding
+
+    config = LlamaConfig(hidden_size=32, num_attention_heads=4, num_key_value_heads=2, vocab_size=10)
+    config._attn_implementation = "eager"
+    torch.manual_seed(seed)
+    attention = LlamaAttention(config, 0).eval()
+    return attention, LlamaRotaryEmbedding(config)
+
+
+def _weights(attention):
+    return (attention.q_proj.weight, attention.k_proj.weight, attention.v_proj.weight, attention.o_proj.weight)
+
+
+def _additive(mask: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(mask.shape).masked_fill(~mask, float("-inf"))
+
+
+def test_attention_forward_matches_transformers(impl, gen):
+    """Same output as transformers' LlamaAttention (4 query heads, 2 kv heads, causal mask)"""
+    attention, rotary = _hf_attention()
+    x = torch.randn(2, 5, 32, generator=gen)
+    cos, sin = rotary(x, torch.arange(5)[None].expand(2, 5))
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    with torch.no_grad():
+        expected = attention(x, (cos, sin), _additive(causal))[0]
+        got = impl.attention_forward(x, *_weights(attention), 4, 2, cos, sin, causal)
+    if not isinstance(got, tuple) or len(got) != 2:
+        raise AssertionError("返回 (输出, (keys, values))")
+    check_close(got[0], expected, "投影 → 拆头 → RoPE → GQA 重复 kv 头 → softmax(qkᵀ/√d + 掩码)·v → 合并头 → o_proj",
+                atol=1e-5)
+    keys, values = got[1]
+    if tuple(keys.shape) != (2, 2, 5, 8) or tuple(values.shape) != (2, 2, 5, 8):
+        raise AssertionError(f"返回的 keys、values 应为 (B, n_kv, T, d) = (2, 2, 5, 8)（GQA 重复之前），"
+                             f"得到 {tuple(keys.shape)}、{tuple(values.shape)}")
+
+
+def test_attention_forward_with_past_kv(impl, gen):
+    """Prefill 3 tokens, then 2 more with past_kv: the same outputs as all 5 at once"""
+    attention, rotary = _hf_attention(1)
+    x = torch.randn(1, 5, 32, generator=gen)
+    cos, sin = rotary(x, torch.arange(5)[None])
+    causal = torch.ones(5, 5, dtype=torch.bool).tril()[None, None]
+    with torch.no_grad():
+        expected = attention(x, (cos, sin), _additive(causal))[0]
+        first, past = impl.attention_forward(x[:, :3], *_weights(attention), 4, 2, cos[:, :3], sin[:, :3],
+                                             causal[..., :3, :3])
+        second, _ = impl.attention_forward(x[:, 3:], *_weights(attention), 4, 2, cos[:, 3:], sin[:, 3:],
+                                           causal[..., 3:, :], past)
+    check_close(torch.cat([first, second], dim=1), expected,
+                "有 past_kv 时把新的 k、v 接在缓存后面（dim=2），query 只有新的 2 个位置，key 有全部 5 个", atol=1e-5)

@@ -98,3 +98,39 @@ def test_default_position_ids_decode_step(impl):
     mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     got = impl.default_position_ids(mask, 3, 1, torch.device("cpu"))
     check_close(got, torch.tensor([[2], [3]]), "只返回最后 new_length 列；padding 不计入位置")
+
+
+# ----------------------------------------------------------------------------------- 4.4 the whole forward
+def _hf_model(seed: int, **overrides):
+    from transformers import LlamaForCausalLM
+
+    settings = {**SETTINGS, "num_hidden_layers": 2, "rope_theta": 500.0, "rms_norm_eps": 1e-5, **overrides}
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(LlamaConfig(**settings)).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0.0, 0.3) if p.ndim == 2 else p.uniform_(0.5, 1.5)   # norms too: a wrong norm shows
+    return model, settings
+
+
+def test_causal_lm_forward_matches_transformers(impl, gen):
+    """Logits from a state_dict equal transformers' LlamaForCausalLM (2 layers, GQA, untied head)"""
+    model, settings = _hf_model(0)
+    ids = torch.randint(0, 50, (2, 7), generator=gen)
+    with torch.no_grad():
+        got = impl.causal_lm_forward(dict(model.state_dict()), settings, ids)
+        expected = model(ids).logits
+    check_close(got, expected, "embedding → 每层 [RMSNorm → 注意力(RoPE, GQA, 因果) → 残差，RMSNorm → SwiGLU → 残差]"
+                " → 最终 RMSNorm → lm_head；RoPE 用 config['rope_theta']", atol=1e-4, rtol=1e-4)
+
+
+def test_causal_lm_forward_tied_head(impl, gen):
+    """With tie_word_embeddings there is no lm_head.weight: the embedding matrix is the head"""
+    model, settings = _hf_model(1, tie_word_embeddings=True)
+    state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
+    ids = torch.randint(0, 50, (1, 6), generator=gen)
+    with torch.no_grad():
+        got = impl.causal_lm_forward(state, settings, ids)
+        expected = model(ids).logits
+    check_close(got, expected, "state_dict 里没有 lm_head.weight 时，用 model.embed_tokens.weight 作输出投影（权重共享）",
+                atol=1e-4, rtol=1e-4)

@@ -164,3 +164,154 @@ def test_repetition_penalty_does_not_modify_its_input(impl, gen):
     before = scores.clone()
     impl.repetition_penalty(scores, torch.tensor([[1, 2], [3, 4], [5, 6]]), 1.5)
     check_close(scores, before, "不要原地修改传入的 scores：用 scatter（不是 scatter_）返回新张量")
+
+
+# ----------------------------------------------------------------------------------- 5.7 min-p
+def test_min_p_filter_matches_transformers(impl, gen):
+    """Same scores as transformers' MinPLogitsWarper (min_p = 0.1 and 0.3)"""
+    from transformers.generation.logits_process import MinPLogitsWarper
+
+    scores = _scores(gen)
+    for min_p in (0.1, 0.3):
+        expected = MinPLogitsWarper(min_p)(None, scores.clone())
+        check_close(impl.min_p_filter(scores, min_p), expected,
+                    "概率 < min_p × 每行最大概率 的 token 设为 -inf；概率用 softmax(scores)")
+
+
+def test_min_p_filter_keeps_min_tokens(impl):
+    """min_tokens_to_keep=2 keeps the two best even when the second is far below min_p x max"""
+    scores = torch.tensor([[10.0, 0.0, -1.0, 5.0]])
+    got = impl.min_p_filter(scores, 0.5, min_tokens_to_keep=2)
+    check_close(got, torch.tensor([[10.0, NEG_INF, NEG_INF, 5.0]]), "最好的 min_tokens_to_keep 个 token 总是保留")
+
+
+# ----------------------------------------------------------------------------------- 5.8 generate with a cache
+def _greedy_by_full_forward(hf_model, ids: torch.Tensor, n: int) -> list[int]:
+    """The oracle: transformers' model, the whole sequence every step, argmax."""
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            token = int(hf_model(ids).logits[0, -1].argmax())
+            out.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return out
+
+
+def test_generate_with_cache_greedy_matches_transformers(impl):
+    """Greedy: token for token the same as transformers' model run on the whole sequence each step"""
+    from .helpers import tiny_llama_pair
+
+    ours, theirs = tiny_llama_pair(0)
+    ids = torch.tensor([[1, 5, 9, 13, 7]])
+    got = impl.generate_with_cache(ours, ids, max_new_tokens=10)
+    check_equal(got.tolist() if isinstance(got, torch.Tensor) else got, [_greedy_by_full_forward(theirs, ids, 10)],
+                "贪心：每步取 logits[:, -1] 的 argmax；返回新 token，形状 (1, n)")
+
+
+def test_generate_with_cache_feeds_only_new_tokens(impl):
+    """With the cache the model sees the prompt once, then one token per step (T + n - 1 tokens, n calls)"""
+    from .helpers import CountingModel, tiny_llama_pair
+
+    ours, _ = tiny_llama_pair(0)
+    counting = CountingModel(ours)
+    ids = torch.tensor([[1, 5, 9, 13, 7]])
+    impl.generate_with_cache(counting, ids, max_new_tokens=6)
+    check_equal((counting.calls, counting.tokens_fed), (6, 5 + 6 - 1),
+                "第一步 prefill 整个提示词，之后每步只把新 token 送进模型（cache=cache），共 n 次前向")
+
+
+def test_generate_with_cache_stops_at_eos(impl):
+    """Generation stops right after eos_token_id, which is included in the output"""
+    from .helpers import tiny_llama_pair
+
+    ours, theirs = tiny_llama_pair(2)
+    ids = torch.tensor([[1, 4, 4, 8]])
+    full = _greedy_by_full_forward(theirs, ids, 12)
+    k = next(i for i in range(2, 12) if full[i] not in full[:i])   # a token that first appears at step k
+    got = impl.generate_with_cache(ours, ids, max_new_tokens=12, eos_token_id=full[k])
+    check_equal(got.tolist() if isinstance(got, torch.Tensor) else got, [full[:k + 1]],
+                "生成了 eos_token_id 就停止（EOS 本身也在输出里）")
+
+
+def test_generate_with_cache_sampling_distribution(impl):
+    """Sampling with temperature 1.5 and top_k 5: the first token follows softmax(top-5(logits / 1.5))"""
+    from .helpers import tiny_llama_pair
+
+    ours, theirs = tiny_llama_pair(3, std=0.15)
+    ids = torch.tensor([[1, 6, 2, 9]])
+    with torch.no_grad():
+        logits = theirs(ids).logits[0, -1].double() / 1.5
+    top = logits.topk(5).indices
+    expected = torch.zeros_like(logits)
+    expected[top] = logits[top].softmax(-1)
+    generator, draws = torch.Generator().manual_seed(0), 1500
+    counts = torch.zeros_like(logits)
+    for _ in range(draws):
+        token = impl.generate_with_cache(ours, ids, max_new_tokens=1, do_sample=True, temperature=1.5, top_k=5,
+                                         generator=generator)
+        counts[int(token.reshape(-1)[0])] += 1
+    outside = int(counts.sum() - counts[top].sum())
+    if outside:
+        raise AssertionError(f"top_k=5：只能抽到概率最高的 5 个 token，却有 {outside}/{draws} 次抽到了别的")
+    distance = 0.5 * float((counts / draws - expected).abs().sum())
+    if distance > 0.06:
+        raise AssertionError(f"抽样频率与 softmax(top-k(logits / temperature)) 相差太大（总变差 {distance:.3f}）："
+                             "先除以 temperature，再 top-k，再 softmax，用 torch.multinomial(probs, 1, generator=generator)")
+
+
+def test_generate_with_cache_top_p_support(impl):
+    """Sampling with top_p 0.6: only tokens of the smallest set whose probability reaches 0.6 are drawn"""
+    from .helpers import tiny_llama_pair
+
+    ours, theirs = tiny_llama_pair(4, std=0.15)
+    ids = torch.tensor([[1, 3, 3, 7]])
+    with torch.no_grad():
+        probs = theirs(ids).logits[0, -1].double().softmax(-1)
+    ranked = probs.argsort(descending=True)
+    size = int((probs[ranked].cumsum(0) < 0.6).sum()) + 1            # the nucleus: reach 0.6, then stop
+    nucleus = set(ranked[:size].tolist())
+    generator = torch.Generator().manual_seed(1)
+    drawn = {int(impl.generate_with_cache(ours, ids, max_new_tokens=1, do_sample=True, top_p=0.6,
+                                          generator=generator).reshape(-1)[0]) for _ in range(300)}
+    if not drawn <= nucleus:
+        raise AssertionError(f"top_p=0.6 只能从累积概率达到 0.6 的最小集合 {sorted(nucleus)} 里抽，"
+                             f"却抽到了 {sorted(drawn - nucleus)}")
+    if len(nucleus) > 1 and len(drawn) < 2:
+        raise AssertionError("do_sample=True 时要真的采样（torch.multinomial），而不是取 argmax")
+
+
+# ----------------------------------------------------------------------------------- 5.9 stop strings
+@pytest.mark.parametrize("text, stops, expected", [
+    ("a\nb\n", ["\n"], ("a\n", True)),
+    ("Hello world. Bye.", [". ", "Bye"], ("Hello world. ", True)),
+    ("xxENDyySTOP", ["STOP", "END"], ("xxEND", True)),
+    ("no stop here", ["\n\n", "###"], ("no stop here", False)),
+    ("abc", ["", "zz"], ("abc", False)),
+])
+def test_trim_at_stop_string_cases(impl, text, stops, expected):
+    """Cut after the stop string that ends first, keep it; no stop string -> unchanged"""
+    check_equal(impl.trim_at_stop_string(text, stops), expected,
+                "找出**最早结束**的那个停止词，截到它的末尾（含停止词）；一个都没有则原样返回并给 False")
+
+
+# ----------------------------------------------------------------------------------- 5.10 repeated n-gram
+@pytest.mark.parametrize("tokens, n, expected", [
+    ([1, 2, 3, 1, 2], 2, True), ([1, 2, 3, 4], 2, False), ([7, 7, 7], 2, True), ([5, 6], 2, False),
+    ([1, 2, 3, 9, 1, 2, 3], 3, True), ([1, 2, 3, 9, 1, 2, 4], 3, False), ([], 4, False),
+])
+def test_repeated_ngram_cases(impl, tokens, n, expected):
+    """Do the last n tokens appear earlier (overlap allowed)?"""
+    check_equal(impl.repeated_ngram(tokens, n), expected,
+                "比较最后 n 个 token 与之前每个起点的 n 元组（起点 0 .. len-n-1，可以与最后 n 个重叠）")
+
+
+# ----------------------------------------------------------------------------------- 5.11 distinct-n
+@pytest.mark.parametrize("rows, n, expected", [
+    ([[1, 2, 1, 2]], 2, 2 / 3), ([[1, 2, 3], [1, 2, 3]], 2, 2 / 4), ([[1, 2, 3]], 1, 1.0), ([[1]], 2, 0.0),
+    ([[4, 4, 4, 4]], 1, 1 / 4),
+])
+def test_distinct_n_cases(impl, rows, n, expected):
+    """Distinct n-grams over all n-grams, each row on its own"""
+    got = impl.distinct_n(rows, n)
+    if not isinstance(got, float) or not math.isclose(got, expected):
+        raise AssertionError(f"不同的 n 元组个数 / n 元组总数（n 元组不跨行）\n(got {got!r}, expected {expected!r})")

@@ -134,3 +134,55 @@ def test_dola_contrast_hand_computed(impl):
     expected = torch.tensor([[math.log(0.6 / 0.7), math.log(0.3 / 0.1), math.log(0.1 / 0.2)]])
     check_close(impl.dola_contrast(final, early, 0.1), expected,
                 "F(x) = log q_N(x) - log q_M(x)：token 1 从 0.1 涨到 0.3，对比后得分最高", atol=1e-5)
+
+
+# ----------------------------------------------------------------------------------- 7.6 DoLa's layer choice
+def _jsd_float64(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
+    """The definition, in float64: 1/2 KL(P || A) + 1/2 KL(Q || A), A = (P + Q) / 2, with 0 log 0 = 0."""
+    a = 0.5 * (p + q)
+    kl = lambda x, y: torch.where(x > 0, x * (x / y).log(), torch.zeros_like(x)).sum(-1)  # noqa: E731
+    return 0.5 * kl(p, a) + 0.5 * kl(q, a)
+
+
+def test_select_premature_layer_against_the_definition(impl, gen):
+    """The chosen layer maximises JSD(q_N || q_j) (float64 definition), per sequence; the JSD table too"""
+    final = (torch.randn(3, 30, generator=gen) * 2).log_softmax(-1)
+    premature = (torch.randn(4, 3, 30, generator=gen) * 2).log_softmax(-1)
+    premature[2, 1] = final[1]                         # identical to the last layer: JSD 0, never chosen
+    expected = torch.stack([_jsd_float64(final.double().exp(), premature[j].double().exp()) for j in range(4)], 1)
+    got = impl.select_premature_layer(final, premature)
+    if not isinstance(got, tuple) or len(got) != 2:
+        raise AssertionError("返回 (选中的候选下标 (B,), JSD 表 (B, L))")
+    check_close(got[1], expected.float(), "JSD 表形状 (B, L)：第 b 行第 j 列是 JSD(q_N[b] || q_j[b])，单位 nats",
+                atol=1e-5)
+    check_close(got[0], expected.argmax(-1), "每一行分别取 JSD 最大的候选层（argmax 沿 L 那一维）")
+
+
+# ----------------------------------------------------------------------------------- 7.7 random_after
+def test_random_after_index_range_and_uniformity(impl):
+    """Every draw lies in [trough, last], and each allowed layer is drawn about equally often"""
+    generator = torch.Generator().manual_seed(0)
+    trough = torch.tensor([26, 29, 20])
+    counts = torch.zeros(3, 30)
+    for _ in range(600):
+        got = impl.random_after_index(trough, 29, generator)
+        if not isinstance(got, torch.Tensor) or got.shape != (3,) or got.dtype != torch.long:
+            raise AssertionError(f"返回 (B,) 的 long 张量，得到 {got!r}")
+        counts[torch.arange(3), got] += 1
+    for row, low in enumerate(trough.tolist()):
+        outside = counts[row, :low].sum() + counts[row, 30:].sum()
+        if outside:
+            raise AssertionError(f"行 {row}：抽到了 [{low}, 29] 之外的层（两端都要包含，别越界）")
+        allowed = counts[row, low:]
+        if allowed.min() < 0.5 * 600 / len(allowed):
+            raise AssertionError(f"行 {row}：[{low}, 29] 里每层应被抽到约 {600 / len(allowed):.0f} 次，"
+                                 f"得到 {allowed.tolist()}（端点 last 也要能抽到）")
+
+
+def test_random_after_index_uses_the_generator(impl):
+    """Two generators with the same seed give the same draws"""
+    trough = torch.tensor([3, 5, 0, 7])
+    first = impl.random_after_index(trough, 9, torch.Generator().manual_seed(5))
+    torch.manual_seed(123)                                   # the global generator must not matter
+    second = impl.random_after_index(trough, 9, torch.Generator().manual_seed(5))
+    check_close(first, second, "随机数只来自传入的 generator：torch.rand(..., generator=generator)")

@@ -109,3 +109,43 @@ def test_logu_uncertainty_bad_top_k(impl):
     """top_k larger than the vocabulary is an error"""
     with pytest.raises(ValueError):
         impl.logu_uncertainty(torch.zeros(1, 4), top_k=5)
+
+
+# ----------------------------------------------------------------------------------- 8.4 the speculative loop
+def _greedy_reference(model, ids: torch.Tensor, n: int) -> list[int]:
+    out = []
+    with torch.no_grad():
+        for _ in range(n):
+            token = int(model(ids).logits[0, -1].argmax())
+            out.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], dim=1)
+    return out
+
+
+@pytest.mark.parametrize("gamma", [1, 3, 4])
+def test_speculative_greedy_equals_target_greedy(impl, gamma):
+    """With a different draft: token for token the target's own greedy decoding (transformers' model)"""
+    from .helpers import tiny_llama_pair
+
+    target, target_hf = tiny_llama_pair(0)
+    draft, _ = tiny_llama_pair(0, std=0.25)                  # a related but different model: some rejections
+    ids = torch.tensor([[1, 5, 9, 13, 7]])
+    got = impl.speculative_greedy(target, draft, ids, 12, gamma)
+    check_equal(got.tolist() if isinstance(got, torch.Tensor) else got, [_greedy_reference(target_hf, ids, 12)],
+                "结果必须与目标模型自己贪心解码逐 token 相同：接受一致的最长前缀，接上目标在第一个不一致处的 "
+                "token；被拒绝的部分要从两个缓存里 crop 掉")
+
+
+def test_speculative_greedy_saves_target_passes(impl):
+    """When the draft is the target itself every draft is accepted: about 12 / (gamma + 1) target passes"""
+    from .helpers import CountingModel, tiny_llama_pair
+
+    model, model_hf = tiny_llama_pair(1)
+    target = CountingModel(model)
+    ids = torch.tensor([[1, 2, 3]])
+    got = impl.speculative_greedy(target, model, ids, 12, 3)
+    check_equal(got.tolist() if isinstance(got, torch.Tensor) else got, [_greedy_reference(model_hf, ids, 12)],
+                "草稿与目标相同时输出仍是目标的贪心结果")
+    if target.calls > 5:
+        raise AssertionError(f"目标模型前向了 {target.calls} 次：每轮只能有一次（对 [上一个 token, d_1..d_γ] 一起），"
+                             "全部接受时一轮前进 γ + 1 个 token，12 个 token 应约 3-4 次（加上 prefill）")

@@ -82,7 +82,7 @@ def generate_with_cache(model, input_ids: torch.Tensor, max_new_tokens: int, eos
                         top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     """Exercise 5.8：自己的 generate()：KV 缓存、贪心或采样、遇到 EOS 停止（综合练习，约 25 行）。
 
-    model 是包里的 CausalLM：`cache = DynamicCache(model.config.num_hidden_layers)`（from cache import
+    model 是包里的 CausalLM：`cache = DynamicCache()`（from cache import
     DynamicCache），`model(ids, cache=cache).logits` 形状 (1, T, V)，并把 ids 的 K、V 追加进 cache。
     input_ids 形状 (1, T)（batch 为 1）。
     - 第一步把整个提示词送进模型（prefill）；之后每步**只送新 token**（评分会数模型一共看到了多少个 token）

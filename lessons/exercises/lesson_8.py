@@ -52,7 +52,7 @@ def speculative_greedy(target, draft, input_ids: torch.Tensor, max_new_tokens: i
                        num_draft_tokens: int) -> torch.Tensor:
     """Exercise 8.4：贪心投机解码的整个循环（综合练习）。
 
-    target、draft 是包里的 CausalLM（同一个词表），各用一个 `DynamicCache(m.config.num_hidden_layers)`；
+    target、draft 是包里的 CausalLM（同一个词表），各用一个 `DynamicCache()`；
     `m(ids, cache=cache).logits` (1, T, V) 把 ids 追加进缓存，`cache.crop(n)` 只留前 n 个位置，
     `cache.get_seq_length()` 是缓存长度。input_ids (1, T)。每一轮：
     1. 草稿逐个贪心地提出 γ = num_draft_tokens 个 token（不超过还需要的个数）

@@ -23,7 +23,7 @@ def generate_with_cache(model, input_ids: torch.Tensor, max_new_tokens: int, eos
                         top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
     from cache import DynamicCache  # the cache object the model fills in; any object with the same API works
 
-    cache = DynamicCache(model.config.num_hidden_layers)
+    cache = DynamicCache()
     new: list[int] = []
     step_input = input_ids                                    # prefill: the whole prompt once
     with torch.no_grad():

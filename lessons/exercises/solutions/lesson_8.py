@@ -9,8 +9,8 @@ def speculative_greedy(target, draft, input_ids: torch.Tensor, max_new_tokens: i
                        num_draft_tokens: int) -> torch.Tensor:
     from cache import DynamicCache
 
-    t_cache = DynamicCache(target.config.num_hidden_layers)
-    d_cache = DynamicCache(draft.config.num_hidden_layers)
+    t_cache = DynamicCache()
+    d_cache = DynamicCache()
     seq = input_ids[0].tolist()
     prompt_len = len(seq)
     with torch.no_grad():

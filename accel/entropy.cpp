@@ -4,7 +4,7 @@
 // Why a hand-written kernel: with every layer recorded, a step takes the entropy and the argmax of 30 rows of
 // 49152 scores. In PyTorch that is about six passes over 5.9 MB (max, subtract, exp, sum, product, argmax),
 // each writing a new 5.9 MB temporary; freeing and allocating buffers that large makes the C library hand the
-// memory back to the system and fault it in again (about 2,000 page faults, 10+ ms, a step, measured). This
+// memory back to the system and fault it in again every step (docs/performance.md has the figures). This
 // loop reads each row twice and writes nothing but two numbers a row:
 //
 //   pass 1: m = max_x z(x) and the first x where z(x) = m (torch.argmax's choice);

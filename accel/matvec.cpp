@@ -1,11 +1,11 @@
 // y = W x for one input row: the product every weight matrix takes in a batch-1 decode step; and Y = X W^T for a
 // few rows (beam search, small batches), each weight row read once for all of them (few_rows, below).
 //
-// Why a hand-written kernel (model/matvec.py has the measurements): a decode step reads every weight once,
-// so its speed is the speed at which the weights stream from memory. On the 2-core AVX2 CPU this was written
-// on, memory delivers about 25 GB/s to a plain loop that reads one long array, but PyTorch's matrix-vector
-// products (MKL for float32, its own kernels for bfloat16/float16) stream a weight at only 10-16 GB/s.
-// This loop reaches 22-25 GB/s by doing the simplest thing: each thread walks its share of W row by row,
+// Why a hand-written kernel (docs/performance.md has the measurements): a decode step reads every weight once,
+// so its speed is the speed at which the weights stream from memory. PyTorch's matrix-vector products (MKL for
+// float32, its own kernels for bfloat16/float16) stream a weight well below what memory delivers to a plain
+// loop that reads one long array. This loop comes close to that by doing the simplest thing: each thread walks
+// its share of W row by row,
 // front to back, so that memory sees a few long sequential reads, and asks for the bytes a little ahead of
 // use (_mm_prefetch) so that the next cache lines are on their way while the current ones are multiplied.
 //
@@ -47,7 +47,7 @@ inline float sum8(__m256 v) {
   return _mm_cvtss_f32(half);
 }
 
-// Measured best among 0, 256, 512, 1024 and 2048 bytes ahead (0 = no prefetch: 10% slower).
+// The best of 0, 256, 512, 1024 and 2048 bytes ahead on the machine it was tuned on (docs/performance.md).
 constexpr int64_t kPrefetchBytes = 1024;
 
 template <typename T>
@@ -72,8 +72,8 @@ void matvec_rows(const T* weight, const float* x, float* y, int64_t in, int64_t 
 }
 
 // A few input rows (beam search, a small batch, DoLa's early-exit head): each weight row comes from memory once
-// and is multiplied by every row of x while it sits in L1, so R rows cost little more than one (BLAS, with
-// 4 rows, measured 1.8x the time of one). R <= 4 here: 2R accumulators (two per row, so the FMAs of one row do
+// and is multiplied by every row of x while it sits in L1, so R rows cost little more than one (BLAS
+// takes nearly twice the time of one for 4 rows). R <= 4 here: 2R accumulators (two per row, so the FMAs of one row do
 // not wait on each other) and two weight vectors fit AVX2's 16 registers; more rows go in groups of four.
 template <typename T, int R>
 inline void dot_rows(const T* row, const float* x, int64_t in, float* y, int64_t y_stride, bool prefetch) {

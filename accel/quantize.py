@@ -25,7 +25,7 @@ from torch import nn
 from .matvec import matvec, matvec_available
 
 INT8_KERNEL_ROWS = 64  # below this many bf16 rows _weight_int8pack_mm beat the float32 dequantized product
-# (the two crossed between 45 and 128 rows for the 3072 x 576 and 576 x 1536 matrices, measured)
+# (where the two cross depends on the matrix: docs/performance.md)
 
 
 def quantize_int8_rows(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -176,8 +176,8 @@ def test_default_model_logits_match_transformers_on_a_chat_prompt(default_model_
 def test_half_precision_logits_stay_within_the_stated_tolerance_of_float32(default_model_path, default_tokenizer,
                                                                            dtype, max_error):
     """The half-precision figures in docs/performance.md come with this bound: on a 46-token chat prompt,
-    logits (std about 7.4) differ from float32 by at most 0.19 (fp16) / 0.96 (bf16), and the top token is the same at 45 or more
-    of the 46 positions."""
+    logits (std about 7.4) differ from float32 by at most 0.19 (fp16) / 0.96 (bf16), and the top token is the
+    same at 45 or more of the 46 positions."""
     chat = default_tokenizer.apply_chat_template(
         [{"role": "user", "content": "Write a long story about a robot who learns to paint, with many details."}],
         add_generation_prompt=True)

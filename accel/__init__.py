@@ -1,7 +1,7 @@
 """Speed beside the model: `accelerate(model, ...)` swaps a loaded plain model's modules for faster ones.
 
 The model in model/ is the math, in plain PyTorch. Everything here only makes it faster, computing the same
-numbers up to float rounding (tests/test_accel.py holds each option to the plain model):
+numbers up to float rounding (tests/accel/test_accel.py holds each option to the plain model):
 
     linear.py     every nn.Linear -> FastLinear: the hand-written one-row / few-row kernel (matvec.py, matvec.cpp),
                   PyTorch's products where they are faster; float32 weight layouts; the head packed for oneDNN

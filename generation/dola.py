@@ -187,7 +187,7 @@ def transformers_dola_scores(final_logits: torch.Tensor, premature_logits: torch
     transformers calls F.kl_div twice, which computes m log m twice with `xlogy`, a visible share of the step
     (figures: docs/performance.md); the sums below are the same, regrouped as
     KL(m || q) = sum m log m - sum m log q, with m log m computed once: the same scores up to float rounding,
-    so the same layer unless two layers' scores tie within it (tests/test_dola.py compares the output with
+    so the same layer unless two layers' scores tie within it (tests/generation/test_dola.py compares the output with
     transformers' function bit for bit; the generate tests compare tokens).
     """
     final_logits = final_logits.float()

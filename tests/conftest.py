@@ -1,4 +1,4 @@
-"""Shared fixtures: tiny random transformers checkpoints (the oracle) and the real default model."""
+"""Shared fixtures (the builders live in helpers.py): tiny random checkpoints and the real default model."""
 
 from __future__ import annotations
 
@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 import torch
+
+from helpers import default_model_dir, save_tiny_llama  # noqa: F401  (builders; also for old imports)
 
 # Two cores in CI: one intra-op thread per test process keeps timings predictable.
 torch.set_num_threads(int(os.environ.get("SCRATCH_LM_TEST_THREADS", "2")))
@@ -23,59 +25,11 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(pytest.mark.slow)
 
 
-def save_tiny_llama(folder: Path, seed: int = 0, **overrides):
-    """Save a random transformers LlamaForCausalLM with a tiny config; return the HF model (fp32, eval)."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    settings = dict(vocab_size=97, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
-                    tie_word_embeddings=False, bos_token_id=1, eos_token_id=2, pad_token_id=0)
-    settings.update(overrides)
-    torch.manual_seed(seed)
-    hf = LlamaForCausalLM(LlamaConfig(**settings)).eval()
-    hf.save_pretrained(folder)
-    return hf
-
-
-def save_tiny_gpt_oss(folder: Path, seed: int = 0, **overrides):
-    """Save a random transformers GptOssForCausalLM (eager attention); return it (fp32, eval).
-
-    Every parameter is redrawn from N(0, 0.3^2) (norms around 1; the experts' gate_up_proj N(0, 1), so that
-    the clamp at swiglu_limit bites), not HF's 0.02 init: the sinks, the biases, the router and the clamp all
-    change the output, and a bug in any of them shows in the logits.
-    """
-    from transformers import GptOssConfig, GptOssForCausalLM
-
-    settings = dict(vocab_size=97, hidden_size=32, intermediate_size=24, num_hidden_layers=3, num_attention_heads=4,
-                    num_key_value_heads=2, head_dim=8, num_local_experts=4, num_experts_per_tok=2, sliding_window=4,
-                    max_position_embeddings=256, eos_token_id=2, pad_token_id=0,
-                    rope_scaling={"rope_type": "yarn", "factor": 4.0, "beta_fast": 32.0, "beta_slow": 1.0,
-                                  "truncate": False, "original_max_position_embeddings": 64})
-    settings.update(overrides)
-    torch.manual_seed(seed)
-    hf = GptOssForCausalLM(GptOssConfig(**settings, attn_implementation="eager")).eval()
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in hf.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            scale = {"gate_up_proj": 1.0, "down_proj": 0.1}.get(name.rsplit(".", 1)[-1], 0.3)
-            param.copy_(1 + 0.1 * noise if "norm" in name else scale * noise)
-    hf.save_pretrained(folder)
-    return hf
-
-
 @pytest.fixture
 def tiny_llama(tmp_path):
     """(folder, hf_model) for a default tiny config."""
     hf = save_tiny_llama(tmp_path)
     return tmp_path, hf
-
-
-def default_model_dir() -> Path | None:
-    from model.zoo import default_model_path
-
-    path = default_model_path()
-    return path if (path / "config.json").is_file() else None
 
 
 @pytest.fixture(scope="session")

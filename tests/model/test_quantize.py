@@ -157,8 +157,8 @@ def test_quantizing_twice_a_gpt_oss_model_or_meta_weights_is_refused(tmp_path):
 def test_default_model_int8_logits_stay_within_the_stated_tolerance_of_float32(default_model_path, default_tokenizer):
     """The int8 figures in docs/performance.md come with this bound: on the 46-token chat prompt, fed in chunks
     of 16 tokens (so the int8 kernel runs, as in decoding), bf16 activations over int8 weights differ from
-    float32 logits (std about 7.4) by at most 3 (measured 2.4, mean 0.35; bf16 alone: 0.96, 0.13) and keep the top token at 90%
-    of the positions or more (measured 45 of 46)."""
+    float32 logits (std about 7.4) by at most 3 (measured 2.4, mean 0.35; bf16 alone: 0.96, 0.13) and keep
+    the top token at 90% of the positions or more (measured 45 of 46)."""
     chat = default_tokenizer.apply_chat_template(
         [{"role": "user", "content": "Write a long story about a robot who learns to paint, with many details."}],
         add_generation_prompt=True)

@@ -10,9 +10,10 @@
 Files: steps.py (the step protocol: StepContext, StepNeeds, LogitsStep, the order of kinds, choosing a
 token), penalties.py and warpers.py (the built-in steps), loop.py (prepare_call, forward_tokens, the sampling
 loop, GenerateOutput), beam.py (beam search), contrastive.py (contrastive search), stopping.py (EOS, length,
-stop strings, regex, JSON, max_time, your criteria), options.py (every option declared once, checked, and the
-refusals), api.py (generate, stream), compiled.py (`compile=True`: the one-token forward through
-torch.compile over a fixed-slot cache). Layer selection: dola.py (DoLa), entropy.py (entropy-based layer
+stop strings, regex, JSON, max_time, your criteria), options.py (every option declared once and checked),
+checks.py (the options against the model and the prompt, and every refusal), api.py (generate, stream),
+compiled.py (`compile=True`: the one-token forward through torch.compile over a fixed-slot cache), cli.py and
+cli_runs.py (what scripts/generate.py needs). Layer selection: dola.py (DoLa), entropy.py (entropy-based layer
 choice), layer_selection.py (their options), scoring.py (teacher-forced log-probabilities).
 
 The step protocol
@@ -72,7 +73,8 @@ Two models (one prompt at a time; same options as generate(), output with .seque
 speculative.py + drafting.py (`speculative_generate(target, draft_model_or_k, ids)`: a draft model or the
 target's first k layers propose, the target verifies), hybrid.py + uncertainty.py (`hybrid_generate(small,
 large, ids, routing_metric=..., threshold=...)`: per-token routing by entropy or LogU uncertainty),
-profiling.py (`generate_with_profile`: per-token records, percentiles, plots, JSON), two_models.py (what the two-model decoders share).
+profiling.py (`generate_with_profile`: per-token records, percentiles, plots, JSON), two_models.py (what the
+two-model decoders share).
 
 Decisions: temperature=0 with do_sample=True means greedy (the T -> 0 limit); top_k defaults to off (not
 transformers' 50); temperature/top_k/top_p/min_p are ignored with a warning when do_sample=False, as in
@@ -90,7 +92,8 @@ from .hybrid import hybrid_generate
 from .layer_selection import LayerSelectionOptions, stack_records
 from .loop import (DecodedToken, ForwardResult, GenerateOutput, PreparedCall, decode_loop, forward_tokens,
                    output_from_tokens, prepare_call)
-from .options import GenerationOptions, OptionError, build_logits_steps, check_inputs
+from .checks import check_inputs, refuse_unsupported
+from .options import GenerationOptions, OptionError, build_logits_steps
 from .penalties import (FrequencyPresencePenalty, MinNewTokens, NoRepeatNGram, RepetitionPenalty, SequenceBias,
                         frequency_presence_penalty, no_repeat_ngram, repetition_penalty, sequence_bias)
 from .profiling import ProfileResult, generate_with_profile
@@ -105,7 +108,8 @@ __all__ = [
     "speculative_generate", "hybrid_generate", "generate_with_profile", "ProfileResult", "contrastive_search",
     "generate", "stream", "beam_search", "DecodedToken", "ForwardResult", "GenerateOutput", "PreparedCall",
     "decode_loop", "forward_tokens", "output_from_tokens", "prepare_call", "GenerationOptions", "OptionError",
-    "build_logits_steps", "check_inputs", "FrequencyPresencePenalty", "MinNewTokens", "NoRepeatNGram",
+    "build_logits_steps", "check_inputs", "refuse_unsupported", "FrequencyPresencePenalty", "MinNewTokens",
+    "NoRepeatNGram",
     "RepetitionPenalty", "SequenceBias", "frequency_presence_penalty", "no_repeat_ngram", "repetition_penalty",
     "sequence_bias", "STEP_KINDS", "LogitsStep", "StepContext", "StepNeeds", "apply_logits_steps", "choose_token",
     "order_steps", "run_steps", "select_greedy", "select_sample", "STOP_REASONS", "StopConditions",

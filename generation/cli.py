@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from .layer_selection import LayerSelectionOptions
-from .options import SWITCH, GenerationOptions, OptionError, option_fields, refuse_unsupported
+from .checks import refuse_unsupported
+from .options import SWITCH, GenerationOptions, OptionError, option_fields
 from .steps import StepNeeds
 
 ROUTING_METRIC = {"entropy": "entropy", "uncertainty": "aleatoric"}  # --strategy -> hybrid's routing_metric

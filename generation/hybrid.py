@@ -96,8 +96,8 @@ def check_routing_arguments(large, routing_metric: Any, threshold: Any, share: A
         raise ValueError(f"top_probs must be an integer >= 1, got {top_probs!r}")
 
 
-def route_tokens(small, large, input_ids: torch.Tensor, steps: list, sampling: bool, stop, generator, routing_metric: str,
-                 threshold: float, logu_top_k: int, top_probs: int,
+def route_tokens(small, large, input_ids: torch.Tensor, steps: list, sampling: bool, stop, generator,
+                 routing_metric: str, threshold: float, logu_top_k: int, top_probs: int,
                  caches: dict) -> Iterator[tuple[RoutedToken, torch.Tensor, int]]:
     """The routing loop; yields (RoutedToken, sequence so far (1, n), stop reason code) per token."""
     sequence, prompt_length, reason = input_ids, input_ids.shape[1], RUNNING

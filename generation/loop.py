@@ -21,11 +21,11 @@ import torch
 from cache import cache_for_config
 from cache.budget import rows_do_not_fit
 
+from .checks import check_inputs, refuse_unsupported
 from .compiled import CompiledDecoder
 from .guards import check_length_penalty, check_logits
 from .layer_selection import LayerSelectionOptions
-from .options import (GenerationOptions, OptionError, build_logits_steps, check_inputs, check_option_names,
-                      refuse_unsupported)
+from .options import GenerationOptions, OptionError, build_logits_steps, check_option_names
 from .steps import LogitsStep, StepContext, StepNeeds, choose_token, combined_needs, order_steps, run_steps
 from .stopping import STOP_REASONS, StopConditions
 

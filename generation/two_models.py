@@ -15,7 +15,8 @@ import torch
 from cache import DynamicCache
 
 from .loop import GenerateOutput, no_token_left, prepare_call
-from .options import GenerationOptions, check_inputs
+from .checks import check_inputs
+from .options import GenerationOptions
 from .steps import LogitsStep, StepContext, run_steps
 from .stopping import RUNNING, StopConditions
 

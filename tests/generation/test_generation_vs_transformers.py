@@ -281,3 +281,22 @@ def test_default_model_contrastive_search_matches_transformers():
     del hf
     got = generate(load_pretrained(folder, dtype=torch.float32), ids, max_new_tokens=30, penalty_alpha=0.6, top_k=4)
     assert torch.equal(got.sequences, expected)
+
+
+@pytest.mark.parametrize("alpha, k", [(0.6, 4), (0.3, 3)])
+def test_contrastive_search_on_gpt_oss_matches_transformers(tmp_path, alpha, k):
+    """GPT-OSS: sliding-window layers (window 4 < the 18 positions), sinks, experts; the cache is repeated k-fold
+    for the candidates and reordered to the chosen one each position."""
+    from helpers import save_tiny_gpt_oss
+
+    hf = save_tiny_gpt_oss(tmp_path)
+    ours = load_pretrained(tmp_path, dtype=torch.float32)
+    ids = torch.randint(3, 97, (2, 6), generator=torch.Generator().manual_seed(0))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=12, do_sample=False,
+                               penalty_alpha=alpha, top_k=k, eos_token_id=[], pad_token_id=0)
+    got = generate(ours, ids, max_new_tokens=12, penalty_alpha=alpha, top_k=k, eos_token_id=[], pad_token_id=0)
+    greedy = generate(ours, ids, max_new_tokens=12, eos_token_id=[], pad_token_id=0)
+    assert torch.equal(got.sequences, expected)
+    assert not torch.equal(greedy.sequences, got.sequences)  # the penalty changed the text: the case tests something

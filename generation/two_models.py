@@ -16,6 +16,7 @@ from cache import DynamicCache
 
 from .loop import GenerateOutput, no_token_left, prepare_call
 from .checks import check_inputs
+from .guards import check_logits
 from .options import GenerationOptions
 from .steps import LogitsStep, StepContext, run_steps
 from .stopping import RUNNING, StopConditions
@@ -52,14 +53,13 @@ def process_positions(steps: list[LogitsStep], logits: torch.Tensor, tokens: tor
                       prompt_length: int, model, generator: torch.Generator | None) -> torch.Tensor:
     """Apply the logits steps to k consecutive positions. logits (k, V); row i predicts the token after
     tokens[:, :first_length + i], which is the context its steps see (penalties look at it). -> (k, V)."""
-    if not steps:
-        return logits
     rows = []
     for i in range(logits.shape[0]):
         context = tokens[:, :first_length + i]
         ctx = StepContext(context, prompt_length, logits[i:i + 1], None, model, generator,
                           first_length + i - prompt_length, {})  # records of tried drafts are dropped
-        rows.append(run_steps(steps, logits[i:i + 1], ctx))
+        rows.append(run_steps(steps, logits[i:i + 1], ctx) if steps else logits[i:i + 1])
+        check_logits(logits[i:i + 1], rows[-1], ctx.position)  # NaN / inf named, never chosen
         if not torch.isfinite(rows[-1]).any():  # the steps banned every token: nothing can be chosen
             raise no_token_left(0, ctx.position)
     return torch.cat(rows)  # (k, V)

@@ -149,10 +149,13 @@ def nan_in_the_final_norm(folder):
     save_file(tensors, folder / "model.safetensors", metadata={"format": "pt"})
 
 
-@pytest.mark.parametrize("flags", [[], ["--num-beams", "2"], ["--do-sample", "--seed", "0"]],
-                         ids=["greedy", "beams", "sampling"])
+@pytest.mark.parametrize("flags", [[], ["--num-beams", "2"], ["--do-sample", "--seed", "0"],
+                                   ["--self-speculative", "1"], ["--draft-model", "{tiny}", "--strategy", "entropy",
+                                                                 "--threshold", "0"]],
+                         ids=["greedy", "beams", "sampling", "speculative", "hybrid"])
 def test_nan_weights_are_named_at_the_step_never_chosen(tiny, cli, capsys, tmp_path, flags):
     folder = copy_with(tiny, tmp_path, "nan", nan_in_the_final_norm)
+    flags = [flag.format(tiny=tiny[0]) for flag in flags]  # hybrid: a healthy small model, the NaN large one
     code, out, err = run_main(cli, capsys, "--model", str(folder), "--prompt", "hi", "--max-new-tokens", "3", *flags)
     assert code == 1 and out.strip() == "" and err.count("\n") == 1, err
     assert "error: the model produced NaN logits at step 1: the weights or the temperature are not usable" in err

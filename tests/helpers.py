@@ -5,11 +5,39 @@ Imported as `from helpers import save_tiny_llama` from any test folder (pyprojec
 
 from __future__ import annotations
 
+import os
+import subprocess
+import threading
+import time
 from pathlib import Path
 
 import torch
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root
+
+# The start of a script run in a capped subprocess to measure one call: its own memory (statm) and peak (VmHWM).
+MEASURE_PRELUDE = """\
+import json, os, resource, sys, time
+page = resource.getpagesize()
+def statm():  # (virtual, resident) bytes of this process
+    return [int(x) * page for x in open("/proc/self/statm").read().split()[:2]]
+def peak_rss():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's across exec)
+    return 1024 * int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+"""
+
+
+def read_until_printed(process: subprocess.Popen, at_least: int = 20, seconds: float = 120) -> tuple[bytearray,
+                                                                                                     threading.Thread]:
+    """Collect `process`'s stdout in a thread; return (what it printed so far, the thread) once it printed
+    `at_least` bytes, ended, or `seconds` passed. The bytearray keeps growing until the thread is joined."""
+    printed = bytearray()
+    reader = threading.Thread(target=lambda: [printed.extend(chunk) for chunk in iter(lambda: os.read(
+        process.stdout.fileno(), 1 << 16), b"")], daemon=True)
+    reader.start()
+    deadline = time.monotonic() + seconds
+    while len(printed) < at_least and time.monotonic() < deadline and process.poll() is None:
+        time.sleep(0.05)
+    return printed, reader
 
 
 def save_tiny_llama(folder: Path, seed: int = 0, **overrides):

@@ -12,14 +12,11 @@ from __future__ import annotations
 import copy
 import importlib.util
 import json
-import os
 import re
 import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 import warnings
 from pathlib import Path
 
@@ -27,7 +24,7 @@ import pytest
 import torch
 import transformers  # the oracle
 
-from helpers import default_model_dir, save_tiny_gpt_oss, save_tiny_llama
+from helpers import default_model_dir, read_until_printed, save_tiny_gpt_oss, save_tiny_llama
 
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "generate.py"
@@ -436,13 +433,7 @@ def test_ctrl_c_keeps_the_printed_text_and_exits_130(tiny):
                                 "--prompt", "Tell me a long story.", "--max-new-tokens", "900"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
-    printed = bytearray()
-    reader = threading.Thread(target=lambda: [printed.extend(chunk) for chunk in iter(lambda: os.read(
-        process.stdout.fileno(), 1 << 16), b"")], daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 120
-    while len(printed) < 20 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
+    printed, reader = read_until_printed(process)
     seen = bytes(printed)
     assert seen, "nothing was printed"
     process.send_signal(signal.SIGINT)

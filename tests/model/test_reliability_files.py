@@ -22,19 +22,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import save_tiny_llama
+from helpers import MEASURE_PRELUDE, save_tiny_llama
 from model import CheckpointError, ConfigError, load_pretrained
 from model.checks import check_memory
 
 ROOT = Path(__file__).resolve().parents[2]
 
-MEASURE = textwrap.dedent("""
-    import json, resource, sys, time
-    page = resource.getpagesize()
-    def statm():  # (virtual, resident) bytes of this process
-        return [int(x) * page for x in open("/proc/self/statm").read().split()[:2]]
-    def peak_rss():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's across exec)
-        return 1024 * int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+MEASURE = MEASURE_PRELUDE + textwrap.dedent("""
     import torch
     from model import load_pretrained
     virtual, before = statm()

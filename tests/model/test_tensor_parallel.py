@@ -13,8 +13,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import threading
-import time
 from pathlib import Path
 
 import pytest
@@ -22,7 +20,7 @@ import torch
 import numpy as np
 from safetensors import safe_open
 
-from helpers import default_model_dir, save_tiny_gpt_oss, save_tiny_llama
+from helpers import default_model_dir, read_until_printed, save_tiny_gpt_oss, save_tiny_llama
 from model import load_pretrained
 from model.tensor_parallel import split_range
 from tensor_parallel_worker import DECODING, MASK, PROMPTS, decode_all
@@ -259,13 +257,7 @@ def test_ctrl_c_ends_every_process_with_the_text_so_far(chat_model):
                                 str(SCRIPT), "--tensor-parallel", "--model", str(chat_model), "--device", "cpu",
                                 "--prompt", "Tell me a long story.", "--max-new-tokens", "400"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, start_new_session=True)
-    printed = bytearray()
-    reader = threading.Thread(target=lambda: [printed.extend(chunk) for chunk in iter(lambda: os.read(
-        process.stdout.fileno(), 1 << 16), b"")], daemon=True)
-    reader.start()
-    deadline = time.monotonic() + 120
-    while len(printed) < 20 and time.monotonic() < deadline and process.poll() is None:
-        time.sleep(0.05)
+    printed, reader = read_until_printed(process)
     assert printed, "nothing was printed"
     os.killpg(process.pid, signal.SIGINT)
     process.wait(timeout=60)  # torchrun and both workers; a hang fails here

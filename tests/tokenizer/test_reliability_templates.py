@@ -18,18 +18,13 @@ from pathlib import Path
 
 import pytest
 
+from helpers import MEASURE_PRELUDE
 from tokenizer import ChatTemplateError, render_chat_template
 
 ROOT = Path(__file__).resolve().parents[2]
 USER = [{"role": "user", "content": "hi"}]
 
-MEASURE = textwrap.dedent("""
-    import json, os, resource, sys, time
-    page = resource.getpagesize()
-    def statm():  # (virtual, resident) bytes of this process
-        return [int(x) * page for x in open("/proc/self/statm").read().split()[:2]]
-    def peak_rss():  # VmHWM: this process's own peak (ru_maxrss would carry the parent's across exec)
-        return 1024 * int(next(l for l in open("/proc/self/status") if l.startswith("VmHWM")).split()[1])
+MEASURE = MEASURE_PRELUDE + textwrap.dedent("""
     virtual, _ = statm()
     resource.setrlimit(resource.RLIMIT_AS, (virtual + 2**30, virtual + 2**30))  # the safety net: 1 GB more
     from tokenizer.chat import ChatTemplateError, render_chat_template
@@ -55,7 +50,8 @@ HOSTILE = {  # name: (template, a piece of the error)
     "doubling_loop": ("{% set ns = namespace(s='ab') %}{% for i in range(40) %}{% set ns.s = ns.s ~ ns.s %}"
                       "{% endfor %}{{ ns.s | length }}", "memory"),
     "center": ("{{ 'a'.center(10**9) }}", "memory"),
-    "tojson_of_references": ("{{ ([messages] * 10**6) | tojson }}", "memory|longer than 0.5 s"),
+    # Whichever limit trips first depends on the machine's speed: each is a refusal within the bounds.
+    "tojson_of_references": ("{{ ([messages] * 10**6) | tojson }}", "memory|longer than 0.5 s|output is longer"),
     "nested_loops": ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}",
                      "longer than 0.5 s"),
     "huge_power": ("{{ 10 ** (10 ** 9) }}", "longer than 0.5 s"),

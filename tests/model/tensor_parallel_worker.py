@@ -11,6 +11,7 @@ that one process reads a different copy, e.g. one that lacks a shard).
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import os
 import sys
 from pathlib import Path
@@ -72,6 +73,12 @@ def check_failure(folder: str, mesh) -> str:
     return "no error"
 
 
+def say(line: str) -> None:
+    """One progress line on stderr, written whole (the two processes share the pipe)."""
+    sys.stderr.write(line + "\n")
+    sys.stderr.flush()
+
+
 def named(items: list[str]) -> dict[str, str]:
     return dict(item.split("=", 1) for item in items)
 
@@ -88,12 +95,17 @@ def main() -> None:
     results = {"world_size": mesh.size()}
     for name, folder in named(args.model).items():
         results[name] = check_model(folder, mesh)
+        say(f"process {rank}: checked {name}")
     for name, folder in named(args.bad).items():
         results[name] = check_failure(folder.format(rank=rank), mesh)
+        say(f"process {rank}: checked the failing set-up {name}")
     torch.save(results, args.out / f"rank{rank}.pt")
+    torch.distributed.barrier()  # neither process tears the group down while the other may still use it
     torch.distributed.destroy_process_group()
+    say(f"process {rank}: results saved, process group destroyed")
 
 
 if __name__ == "__main__":
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    faulthandler.enable()  # a crash in native code (an abort in gloo) prints the Python stack it happened under
     main()

@@ -9,10 +9,12 @@ hangs fails the test instead of the suite.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -86,8 +88,22 @@ def results(folders, tmp_path_factory) -> list[dict]:
     args += ["--bad", f"heads={folders['one_kv_head']}",
              "--bad", f"missing_shard={folders['llama'].parent / 'llama_missing_{rank}'}"]
     finished = torchrun(*args)
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    if finished.returncode != 0 and KILLED_BY_A_SIGNAL.search(finished.stderr):
+        # A process died in native code (CI once saw gloo abort: "terminate called without an active exception").
+        # Launch once more and say so; a failure of the checks themselves repeats and fails below.
+        warnings.warn(f"the tensor-parallel worker was killed by a signal, launched again:\n{report(finished)}")
+        finished = torchrun(*args)
+    assert finished.returncode == 0, report(finished)
     return [torch.load(out / f"rank{rank}.pt") for rank in range(2)]
+
+
+KILLED_BY_A_SIGNAL = re.compile(r"exitcode\s*:\s*-\d+")  # torchrun's summary of a child that died by a signal
+
+
+def report(finished: subprocess.CompletedProcess) -> str:
+    """The worker's progress lines (how far each process got) and the end of what it printed on stderr."""
+    progress = [line for line in finished.stderr.splitlines() if line.startswith("process ")]
+    return "\n".join(progress + ["...", finished.stderr[-3000:]])
 
 
 @pytest.fixture(scope="module")

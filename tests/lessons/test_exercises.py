@@ -3,6 +3,7 @@ fails on the untouched stub, and a student's answer file in the documented place
 
 from __future__ import annotations
 
+import ast
 import inspect
 import json
 import os
@@ -12,12 +13,19 @@ from pathlib import Path
 
 import pytest
 
-from lessons.exercises import available_lessons, exercise_names, load_implementation, stub_path
+from lessons.exercises import EXERCISES_DIR, available_lessons, exercise_names, load_implementation, stub_path
 
 pytestmark = pytest.mark.slow  # the grader runs every lesson's exercises in a subprocess, twice
 
 REPO = Path(__file__).resolve().parents[2]
 LESSONS = available_lessons()
+
+
+def exercise_test_titles(path: Path) -> dict[str, str]:
+    """Each test function of an exercise test file and the first line of its docstring ('' if none)."""
+    tree = ast.parse(path.read_text(encoding="utf-8"))
+    return {node.name: (ast.get_docstring(node) or "").strip().split("\n")[0]
+            for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
 
 
 def grade(*args: str, env: dict | None = None) -> subprocess.CompletedProcess:
@@ -105,7 +113,8 @@ def test_an_answer_in_the_documented_place_is_graded(tmp_path):
     done = grade("2", env=env)
     assert done.returncode == 1, done.stdout + done.stderr
     out = done.stdout
-    assert "PASS  [1, 2, 3, 4] -> [-3, -4, 1, 2]" in out, out
+    title = exercise_test_titles(EXERCISES_DIR / "tests" / "test_lesson_2.py")["test_rotate_half_hand_computed"]
+    assert f"PASS  {title}\n" in out, out
     assert "theta_i = base ** (-2i / dim)" in out, "the failing test's hint is printed"
     assert "Score: 2/11 tests passed; 1/4 exercises complete." in out, out
 

@@ -29,7 +29,7 @@ def _model() -> BytePairModel:
 
 # ----------------------------------------------------------------------------------- 1.1 byte table
 def test_bytes_to_unicode_hand_computed(impl):
-    """'a' stays 'a', a space becomes 'Ġ', a newline 'Ċ', byte 0 chr(256)"""
+    """'a' 仍是 'a'，空格变成 'Ġ'，换行变成 'Ċ'，字节 0 变成 chr(256)"""
     table = impl.bytes_to_unicode()
     got = (table[ord("a")], table[32], table[10], table[0], len(table))
     check_equal(got, ("a", "Ġ", "Ċ", chr(256), 256),
@@ -37,7 +37,7 @@ def test_bytes_to_unicode_hand_computed(impl):
 
 
 def test_bytes_to_unicode_matches_gpt2(impl):
-    """The whole table equals GPT-2's (transformers' bytes_to_unicode)"""
+    """整张表与 GPT-2 的相同（transformers 的 bytes_to_unicode）"""
     table = impl.bytes_to_unicode()
     expected = gpt2_bytes_to_unicode()
     wrong = {b: (table.get(b), expected[b]) for b in range(256) if table.get(b) != expected[b]}
@@ -55,19 +55,19 @@ def test_bytes_to_unicode_matches_gpt2(impl):
     ("x", ["x"]),
 ])
 def test_bpe_merge_hand_computed(impl, word, expected):
-    """Toy merges: lowest rank first, until no pair is a merge"""
+    """玩具合并表：名次最小的对先合并，直到没有相邻对可以合并"""
     check_equal(impl.bpe_merge(_model(), word), expected,
                 "每轮合并名次最小（最早学到）的相邻对；没有可合并的对时停止")
 
 
 def test_bpe_merge_every_occurrence(impl):
-    """'aaaaa' with (a, a) then (aa, aa): ['aaaa', 'a'] -- pairs merge left to right, without overlap"""
+    """'aaaaa' 依次用 (a, a)、(aa, aa) 合并得 ['aaaa', 'a']：同一对从左到右合并，不重叠"""
     check_equal(impl.bpe_merge(_model(), "aaaaa"), ["aaaa", "a"],
                 "一轮里把这一对的所有出现都合并，从左到右、不重叠：aaaaa -> aa aa a -> aaaa a")
 
 
 def test_bpe_merge_rank_not_position(impl):
-    """The lowest-ranked pair is merged first, not the leftmost: 'ewer' -> ['e', 'we', 'r']"""
+    """先合并名次最小的对，而不是最靠左的对：'ewer' -> ['e', 'we', 'r']"""
     merges = [("w", "e"), ("e", "r"), ("e", "w")]
     model = BytePairModel(_vocab(merges), merges)
     check_equal(impl.bpe_merge(model, "ewer"), ["e", "we", "r"],
@@ -76,7 +76,7 @@ def test_bpe_merge_rank_not_position(impl):
 
 @pytest.mark.parametrize("word", ["lowest", "newer", "slower", "aaaaaaa", "wideawake", "lowlowlow"])
 def test_bpe_merge_matches_tokenizers_library(impl, word):
-    """Same pieces as the BPE model of Hugging Face's `tokenizers` library (Rust) with the same merges"""
+    """与 Hugging Face `tokenizers` 库（Rust）用同一份合并表的 BPE 模型切出相同的片段"""
     vocab = _vocab(MERGES)
     expected = [t.value for t in BPE(vocab, MERGES).tokenize(word)]
     check_equal(impl.bpe_merge(BytePairModel(vocab, MERGES), word), expected,

@@ -26,7 +26,7 @@ def _loss_by_hand(logits: torch.Tensor, ids: torch.Tensor, mask: torch.Tensor | 
 
 
 def test_lm_loss_shift(impl, gen):
-    """No padding: the mean of -log p(token t+1 | position t) over the T-1 predictions (float64 by hand)"""
+    """没有 padding：T-1 个预测上 -log p(第 t+1 个 token | 位置 t) 的平均（用 float64 手算对照）"""
     logits = torch.randn(2, 6, 11, generator=gen) * 2
     ids = torch.randint(0, 11, (2, 6), generator=gen)
     got = impl.lm_loss(logits, ids)
@@ -35,7 +35,7 @@ def test_lm_loss_shift(impl, gen):
 
 
 def test_lm_loss_ignores_padding(impl, gen):
-    """Left- and right-padded rows: a target that is padding does not count"""
+    """左侧、右侧 padding 的行：目标是 padding 的预测不计入"""
     logits = torch.randn(3, 5, 7, generator=gen) * 2
     ids = torch.randint(0, 7, (3, 5), generator=gen)
     mask = torch.tensor([[1, 1, 1, 1, 1], [0, 0, 1, 1, 1], [1, 1, 1, 0, 0]])
@@ -45,7 +45,7 @@ def test_lm_loss_ignores_padding(impl, gen):
 
 
 def test_lm_loss_backpropagates(impl, gen):
-    """The loss is a tensor with a gradient: d loss / d logits = (softmax - one_hot) / n on counted rows"""
+    """损失是带梯度的张量：在计入的位置上 d loss / d logits = (softmax - one_hot) / n"""
     logits = (torch.randn(1, 4, 5, generator=gen)).requires_grad_()
     ids = torch.tensor([[1, 2, 3, 4]])
     loss = impl.lm_loss(logits, ids)
@@ -84,7 +84,7 @@ def _step_by_hand(model, ids, mask, max_norm: float, lr: float) -> float:
 
 
 def test_train_step_matches_a_step_by_hand(impl, gen):
-    """One SGD step with gradient clipping: the same loss and the same new weights as computed by hand"""
+    """一步带梯度裁剪的 SGD：loss 和更新后的权重都与手算的相同"""
     model = _tiny_model(0)
     by_hand = copy.deepcopy(model)
     ids = torch.randint(0, 23, (2, 6), generator=gen)
@@ -101,7 +101,7 @@ def test_train_step_matches_a_step_by_hand(impl, gen):
 
 
 def test_train_step_lowers_the_loss(impl):
-    """Repeating train_step on one batch with AdamW drives its loss down"""
+    """在同一批数据上用 AdamW 反复 train_step，loss 会降下来"""
     model = _tiny_model(1)
     ids = torch.randint(0, 23, (4, 8), generator=torch.Generator().manual_seed(2))
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)

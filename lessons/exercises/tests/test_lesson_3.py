@@ -30,7 +30,7 @@ def _loop_mask(padding: list[list[int]] | None, T: int, S: int, window: int | No
 
 # ----------------------------------------------------------------------------------- 3.1 repeat_kv
 def test_repeat_kv_order(impl):
-    """Heads [a, b] repeated twice are [a, a, b, b], not [a, b, a, b]"""
+    """头 [a, b] 各重复两次得 [a, a, b, b]，而不是 [a, b, a, b]"""
     x = torch.tensor([1.0, 2.0]).view(1, 2, 1, 1)  # (B=1, n_kv=2, S=1, d=1)
     check_close(impl.repeat_kv(x, 2), torch.tensor([1.0, 1.0, 2.0, 2.0]).view(1, 4, 1, 1),
                 "query 头 i 用 kv 头 i // n_rep，所以每个 kv 头要连续重复：repeat_interleave(n_rep, dim=1)")
@@ -38,20 +38,20 @@ def test_repeat_kv_order(impl):
 
 @pytest.mark.parametrize("n_rep", [1, 3])
 def test_repeat_kv_matches_transformers(impl, gen, n_rep):
-    """Same as transformers' repeat_kv on (B, n_kv, S, d)"""
+    """在 (B, n_kv, S, d) 上与 transformers 的 repeat_kv 相同"""
     x = torch.randn(2, 2, 5, 4, generator=gen)
     check_close(impl.repeat_kv(x, n_rep), hf_repeat_kv(x, n_rep), "沿第 1 维（头）复制，其余维度不变")
 
 
 # ----------------------------------------------------------------------------------- 3.2 the mask
 def test_build_attention_mask_causal(impl):
-    """No padding, 4 new tokens: lower triangular"""
+    """没有 padding、4 个新 token：下三角"""
     got = impl.build_attention_mask(None, 4, 4, torch.device("cpu"))
     check_close(got, _loop_mask(None, 4, 4), "因果掩码：query i 只能看 key j <= i（下三角，含对角线）")
 
 
 def test_build_attention_mask_left_padding(impl):
-    """Left padding: no query sees a padding key (but a padding query sees itself)"""
+    """左侧 padding：没有 query 能看到 padding 的 key（但 padding 位置的 query 能看到自己）"""
     padding = [[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]]
     got = impl.build_attention_mask(torch.tensor(padding), 5, 5, torch.device("cpu"))
     check_close(got, _loop_mask(padding, 5, 5),
@@ -59,20 +59,20 @@ def test_build_attention_mask_left_padding(impl):
 
 
 def test_build_attention_mask_with_cache(impl):
-    """2 new queries after 3 cached keys: they are positions 3 and 4"""
+    """缓存了 3 个 key 之后来了 2 个新 query：它们的位置是 3 和 4"""
     padding = [[0, 1, 1, 1, 1]]
     got = impl.build_attention_mask(torch.tensor(padding), 2, 5, torch.device("cpu"))
     check_close(got, _loop_mask(padding, 2, 5), "有缓存时 query i 的位置是 S - T + i，不是 i")
 
 
 def test_build_attention_mask_sliding_window(impl):
-    """sliding_window=2: each query sees itself and the one key before it"""
+    """sliding_window=2：每个 query 只看到自己和它前面的一个 key"""
     got = impl.build_attention_mask(None, 5, 5, torch.device("cpu"), sliding_window=2)
     check_close(got, _loop_mask(None, 5, 5, window=2), "窗口：只看 q_pos - window < j <= q_pos 的 key")
 
 
 def test_build_attention_mask_single_token(impl):
-    """One new token without padding sees every key: None or all True"""
+    """没有 padding 时，单个新 token 能看到所有 key：返回 None 或全为 True"""
     got = impl.build_attention_mask(None, 1, 6, torch.device("cpu"))
     if got is not None:
         check_close(got.expand(1, 1, 1, 6), torch.ones(1, 1, 1, 6, dtype=torch.bool),
@@ -80,14 +80,14 @@ def test_build_attention_mask_single_token(impl):
 
 
 def test_build_attention_mask_wrong_length(impl):
-    """A padding mask that does not cover all S positions is an error"""
+    """padding 掩码没有覆盖全部 S 个位置时要报错"""
     with pytest.raises(ValueError):
         impl.build_attention_mask(torch.ones(1, 3), 1, 5, torch.device("cpu"))
 
 
 # ----------------------------------------------------------------------------------- 3.3 attention
 def test_eager_attention_matches_sdpa_gqa(impl, gen):
-    """GQA (6 query heads, 2 kv heads) with a causal + padding mask, against F.scaled_dot_product_attention"""
+    """GQA（6 个 query 头、2 个 kv 头）加因果 + padding 掩码，与 F.scaled_dot_product_attention 对照"""
     q = torch.randn(2, 6, 5, 8, generator=gen)
     k, v = torch.randn(2, 2, 5, 8, generator=gen), torch.randn(2, 2, 5, 8, generator=gen)
     mask = _loop_mask([[0, 1, 1, 1, 1], [1, 1, 1, 1, 1]], 5, 5)
@@ -98,7 +98,7 @@ def test_eager_attention_matches_sdpa_gqa(impl, gen):
 
 
 def test_eager_attention_no_mask(impl, gen):
-    """mask=None: every query sees every key (a decode step with a cache)"""
+    """mask=None：每个 query 都能看到所有 key（带缓存的一步解码）"""
     q, k, v = (torch.randn(1, 2, 1, 4, generator=gen), torch.randn(1, 2, 7, 4, generator=gen),
                torch.randn(1, 2, 7, 4, generator=gen))
     expected = torch.softmax(q @ k.transpose(-2, -1) * 0.5, dim=-1) @ v
@@ -106,7 +106,7 @@ def test_eager_attention_no_mask(impl, gen):
 
 
 def test_eager_attention_one_key_copies_value(impl, gen):
-    """A query that may see only key 0 returns value 0 exactly"""
+    """只能看 key 0 的 query，输出恰好是 value 0"""
     q, k, v = (torch.randn(1, 1, 3, 4, generator=gen), torch.randn(1, 1, 3, 4, generator=gen),
                torch.randn(1, 1, 3, 4, generator=gen))
     out = impl.eager_attention(q, k, v, _loop_mask(None, 3, 3), 1.0)
@@ -114,7 +114,7 @@ def test_eager_attention_one_key_copies_value(impl, gen):
 
 
 def test_eager_attention_with_sinks(impl, gen):
-    """GPT-OSS attention sinks: one extra softmax column per head, dropped afterwards (transformers' GPT-OSS)"""
+    """GPT-OSS 的 attention sinks：每个头在 softmax 里多一列，算完再去掉（对照 transformers 的 GPT-OSS）"""
     q = torch.randn(1, 4, 3, 8, generator=gen)
     k, v = torch.randn(1, 2, 3, 8, generator=gen), torch.randn(1, 2, 3, 8, generator=gen)
     sinks = torch.tensor([0.5, -1.0, 2.0, 0.0])
@@ -147,7 +147,7 @@ def _additive(mask: torch.Tensor) -> torch.Tensor:
 
 
 def test_attention_forward_matches_transformers(impl, gen):
-    """Same output as transformers' LlamaAttention (4 query heads, 2 kv heads, causal mask)"""
+    """与 transformers 的 LlamaAttention 输出相同（4 个 query 头、2 个 kv 头、因果掩码）"""
     attention, rotary = _hf_attention()
     x = torch.randn(2, 5, 32, generator=gen)
     cos, sin = rotary(x, torch.arange(5)[None].expand(2, 5))
@@ -166,7 +166,7 @@ def test_attention_forward_matches_transformers(impl, gen):
 
 
 def test_attention_forward_with_past_kv(impl, gen):
-    """Prefill 3 tokens, then 2 more with past_kv: the same outputs as all 5 at once"""
+    """先预填充 3 个 token，再带 past_kv 输入 2 个：输出与 5 个一次算完相同"""
     attention, rotary = _hf_attention(1)
     x = torch.randn(1, 5, 32, generator=gen)
     cos, sin = rotary(x, torch.arange(5)[None])

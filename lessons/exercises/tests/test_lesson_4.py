@@ -38,7 +38,7 @@ def _additive(mask: torch.Tensor) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------- 4.1 SwiGLU
 def test_swiglu_forward_matches_transformers(impl, gen):
-    """Same output as transformers' LlamaMLP with the same weights"""
+    """权重相同时，与 transformers 的 LlamaMLP 输出相同"""
     ours, theirs, _ = _pair(SwiGLU, LlamaMLP)
     x = torch.randn(2, 3, 32, generator=gen)
     with torch.no_grad():
@@ -48,7 +48,7 @@ def test_swiglu_forward_matches_transformers(impl, gen):
 
 # ----------------------------------------------------------------------------------- 4.2 the block
 def test_decoder_block_forward_matches_transformers(impl, gen):
-    """Same output as transformers' LlamaDecoderLayer (causal mask, GQA)"""
+    """与 transformers 的 LlamaDecoderLayer 输出相同（因果掩码、GQA）"""
     ours, theirs, hf_config = _pair(DecoderBlock, LlamaDecoderLayer)
     x = torch.randn(2, 5, 32, generator=gen)
     positions = torch.arange(5)[None].expand(2, 5)
@@ -61,7 +61,7 @@ def test_decoder_block_forward_matches_transformers(impl, gen):
 
 
 def test_decoder_block_forward_passes_the_cache(impl, gen):
-    """Prefill 3 tokens into a cache, then 2 more: the same outputs as all 5 at once"""
+    """先把 3 个 token 预填充进缓存，再输入 2 个：输出与 5 个一次算完相同"""
     ours, theirs, hf_config = _pair(DecoderBlock, LlamaDecoderLayer)
     x = torch.randn(1, 5, 32, generator=gen)
     cos, sin = LlamaRotaryEmbedding(hf_config)(x, torch.arange(5)[None])
@@ -77,13 +77,13 @@ def test_decoder_block_forward_passes_the_cache(impl, gen):
 
 # ----------------------------------------------------------------------------------- 4.3 positions
 def test_default_position_ids_no_mask(impl):
-    """No mask, 3 cached tokens, 2 new ones: positions [[3, 4]]"""
+    """没有 mask、缓存里有 3 个 token、新来 2 个：位置是 [[3, 4]]"""
     got = impl.default_position_ids(None, 3, 2, torch.device("cpu"))
     check_close(got, torch.tensor([[3, 4]]), "没有 mask 时位置从 past_length 开始连续编号，形状 (1, new_length)")
 
 
 def test_default_position_ids_left_padding(impl):
-    """Left padding: each row's first real token is position 0"""
+    """左侧 padding：每行第一个真实 token 的位置是 0"""
     mask = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]])
     got = impl.default_position_ids(mask, 0, 5, torch.device("cpu"))
     expected = torch.tensor([[0, 0, 0, 1, 2], [0, 1, 2, 3, 4]])
@@ -94,7 +94,7 @@ def test_default_position_ids_left_padding(impl):
 
 
 def test_default_position_ids_decode_step(impl):
-    """One new token after a padded prompt: its position counts only real tokens"""
+    """带 padding 的提示词之后的一个新 token：它的位置只数真实 token"""
     mask = torch.tensor([[0, 1, 1, 1], [1, 1, 1, 1]])
     got = impl.default_position_ids(mask, 3, 1, torch.device("cpu"))
     check_close(got, torch.tensor([[2], [3]]), "只返回最后 new_length 列；padding 不计入位置")
@@ -114,7 +114,7 @@ def _hf_model(seed: int, **overrides):
 
 
 def test_causal_lm_forward_matches_transformers(impl, gen):
-    """Logits from a state_dict equal transformers' LlamaForCausalLM (2 layers, GQA, untied head)"""
+    """由 state_dict 算出的 logits 与 transformers 的 LlamaForCausalLM 相同（2 层、GQA、输出头不共享权重）"""
     model, settings = _hf_model(0)
     ids = torch.randint(0, 50, (2, 7), generator=gen)
     with torch.no_grad():
@@ -125,7 +125,7 @@ def test_causal_lm_forward_matches_transformers(impl, gen):
 
 
 def test_causal_lm_forward_tied_head(impl, gen):
-    """With tie_word_embeddings there is no lm_head.weight: the embedding matrix is the head"""
+    """tie_word_embeddings 时没有 lm_head.weight：embedding 矩阵就是输出头"""
     model, settings = _hf_model(1, tie_word_embeddings=True)
     state = {k: v for k, v in model.state_dict().items() if k != "lm_head.weight"}
     ids = torch.randint(0, 50, (1, 6), generator=gen)

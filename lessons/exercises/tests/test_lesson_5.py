@@ -25,7 +25,7 @@ def _scores(gen: torch.Generator, B: int = 3, V: int = 40) -> torch.Tensor:
 
 # ----------------------------------------------------------------------------------- 5.1 cache update
 def test_cache_layer_update_matches_transformers(impl, gen):
-    """Three updates (prefill of 4, then 1, then 1) return what transformers' DynamicCache returns"""
+    """三次更新（先预填充 4 个，再 1 个、1 个）的返回值与 transformers 的 DynamicCache 相同"""
     ours, theirs = DynamicLayer(), HFDynamicCache()
     for T in (4, 1, 1):
         k, v = torch.randn(2, 3, T, 8, generator=gen), torch.randn(2, 3, T, 8, generator=gen)
@@ -38,7 +38,7 @@ def test_cache_layer_update_matches_transformers(impl, gen):
 
 
 def test_cache_layer_update_stores_the_result(impl, gen):
-    """After two updates self.keys / self.values hold all positions (the layer remembers them)"""
+    """两次更新之后 self.keys / self.values 存着全部位置（这一层记住了它们）"""
     layer = DynamicLayer()
     k1, v1 = torch.randn(1, 2, 3, 4, generator=gen), torch.randn(1, 2, 3, 4, generator=gen)
     k2, v2 = torch.randn(1, 2, 1, 4, generator=gen), torch.randn(1, 2, 1, 4, generator=gen)
@@ -53,20 +53,20 @@ def test_cache_layer_update_stores_the_result(impl, gen):
 # ----------------------------------------------------------------------------------- 5.2 memory formula
 @pytest.mark.parametrize("kv_heads, expected", [(32, 2 * 1024**3), (8, 512 * 1024**2)])
 def test_kv_cache_bytes_course_numbers(impl, kv_heads, expected):
-    """LLaMA-7B, batch 1, 4096 tokens, fp16: 2 GiB with 32 kv heads, 512 MiB with GQA (8) -- course section 2.4"""
+    """LLaMA-7B、batch 1、4096 个 token、fp16：32 个 kv 头是 2 GiB，GQA（8 个）是 512 MiB（课时5 第 2.4 节）"""
     got = impl.kv_cache_bytes(32, 1, kv_heads, 4096, 128, torch.float16)
     check_equal(got, expected, "2 × 层数 × batch × kv头数 × seq_len × head_dim × 每元素字节数（fp16 = 2）")
 
 
 def test_kv_cache_bytes_dtype_size(impl):
-    """float32 elements take 4 bytes, bfloat16 2"""
+    """float32 每个元素占 4 字节，bfloat16 占 2 字节"""
     got = (impl.kv_cache_bytes(2, 3, 4, 5, 6, torch.float32), impl.kv_cache_bytes(2, 3, 4, 5, 6, torch.bfloat16))
     check_equal(got, (2 * 2 * 3 * 4 * 5 * 6 * 4, 2 * 2 * 3 * 4 * 5 * 6 * 2),
                 "每元素字节数要由 dtype 得到（例如 torch.tensor([], dtype=dtype).element_size()）")
 
 
 def test_kv_cache_bytes_measured(impl, gen):
-    """Equals the bytes of the tensors a transformers DynamicCache holds"""
+    """等于 transformers 的 DynamicCache 里张量实际占的字节数"""
     cache = HFDynamicCache()
     for layer in range(3):
         cache.update(torch.randn(2, 4, 7, 16, generator=gen), torch.randn(2, 4, 7, 16, generator=gen), layer)
@@ -77,14 +77,14 @@ def test_kv_cache_bytes_measured(impl, gen):
 # ----------------------------------------------------------------------------------- 5.3 temperature
 @pytest.mark.parametrize("temperature", [0.5, 1.0, 1.7])
 def test_temperature_scale_matches_transformers(impl, gen, temperature):
-    """Same as transformers' TemperatureLogitsWarper"""
+    """与 transformers 的 TemperatureLogitsWarper 相同"""
     scores = _scores(gen)
     expected = TemperatureLogitsWarper(temperature)(None, scores.clone())
     check_close(impl.temperature_scale(scores, temperature), expected, "温度是除法：scores / temperature")
 
 
 def test_temperature_scale_limits(impl):
-    """T -> 0 tends to one-hot, large T to uniform (course section 3.2)"""
+    """T → 0 时趋于 one-hot，T 很大时趋于均匀分布（课时5 第 3.2 节）"""
     scores = torch.tensor([[2.0, 1.0, 0.0]])
     cold = impl.temperature_scale(scores, 0.01).softmax(-1)
     hot = impl.temperature_scale(scores, 1000.0).softmax(-1)
@@ -95,20 +95,20 @@ def test_temperature_scale_limits(impl):
 # ----------------------------------------------------------------------------------- 5.4 top-k
 @pytest.mark.parametrize("top_k", [1, 5, 39])
 def test_top_k_filter_matches_transformers(impl, gen, top_k):
-    """Same as transformers' TopKLogitsWarper"""
+    """与 transformers 的 TopKLogitsWarper 相同"""
     scores = _scores(gen)
     expected = TopKLogitsWarper(top_k)(None, scores.clone())
     check_close(impl.top_k_filter(scores, top_k), expected, "保留每行最大的 k 个（torch.topk），其余设为 -inf")
 
 
 def test_top_k_filter_hand_computed(impl):
-    """k=2 of [1, 3, 2, 3]: the tie at 3 keeps both 3s"""
+    """[1, 3, 2, 3] 取 k=2：并列的两个 3 都保留"""
     got = impl.top_k_filter(torch.tensor([[1.0, 3.0, 2.0, 3.0]]), 2)
     check_close(got, torch.tensor([[NEG_INF, 3.0, NEG_INF, 3.0]]), "第 k 名的分数是阈值，比它小的才去掉")
 
 
 def test_top_k_filter_min_tokens_to_keep(impl, gen):
-    """min_tokens_to_keep raises k"""
+    """min_tokens_to_keep 比 k 大时，保留 min_tokens_to_keep 个"""
     scores = _scores(gen)
     expected = TopKLogitsWarper(2, min_tokens_to_keep=4)(None, scores.clone())
     check_close(impl.top_k_filter(scores, 2, min_tokens_to_keep=4), expected,
@@ -118,7 +118,7 @@ def test_top_k_filter_min_tokens_to_keep(impl, gen):
 # ----------------------------------------------------------------------------------- 5.5 top-p
 @pytest.mark.parametrize("top_p", [0.3, 0.8, 0.95])
 def test_top_p_filter_matches_transformers(impl, gen, top_p):
-    """Same as transformers' TopPLogitsWarper"""
+    """与 transformers 的 TopPLogitsWarper 相同"""
     scores = _scores(gen)
     expected = TopPLogitsWarper(top_p)(None, scores.clone())
     check_close(impl.top_p_filter(scores, top_p), expected,
@@ -126,7 +126,7 @@ def test_top_p_filter_matches_transformers(impl, gen, top_p):
 
 
 def test_top_p_filter_course_examples(impl):
-    """Distribution A keeps 1 token, distribution B keeps 3 (course section 3.4, p = 0.85)"""
+    """分布 A 保留 1 个 token，分布 B 保留 3 个（课时5 第 3.4 节，p = 0.85）"""
     probs = torch.tensor([[0.9, 0.05, 0.03, 0.02], [0.1, 0.2, 0.4, 0.3]])
     kept = impl.top_p_filter(probs.log(), 0.85) > NEG_INF
     check_close(kept, torch.tensor([[True, False, False, False], [False, True, True, True]]),
@@ -134,7 +134,7 @@ def test_top_p_filter_course_examples(impl):
 
 
 def test_top_p_filter_min_tokens_to_keep(impl, gen):
-    """The best min_tokens_to_keep tokens always stay"""
+    """最好的 min_tokens_to_keep 个 token 总会留下"""
     scores = _scores(gen) * 5
     expected = TopPLogitsWarper(0.1, min_tokens_to_keep=3)(None, scores.clone())
     check_close(impl.top_p_filter(scores, 0.1, min_tokens_to_keep=3), expected,
@@ -143,7 +143,7 @@ def test_top_p_filter_min_tokens_to_keep(impl, gen):
 
 # ----------------------------------------------------------------------------------- 5.6 repetition
 def test_repetition_penalty_hand_computed(impl):
-    """penalty 2: a positive score is halved, a negative one doubled, an unseen one untouched"""
+    """penalty 2：出现过的 token，正分数减半、负分数加倍；没出现过的不变"""
     scores = torch.tensor([[4.0, -1.0, 3.0, 0.5]])
     got = impl.repetition_penalty(scores, torch.tensor([[0, 1, 1]]), 2.0)
     check_close(got, torch.tensor([[2.0, -2.0, 3.0, 0.5]]),
@@ -151,7 +151,7 @@ def test_repetition_penalty_hand_computed(impl):
 
 
 def test_repetition_penalty_matches_transformers(impl, gen):
-    """Same as transformers' RepetitionPenaltyLogitsProcessor on a batch"""
+    """在一个 batch 上与 transformers 的 RepetitionPenaltyLogitsProcessor 相同"""
     scores = _scores(gen)
     input_ids = torch.randint(0, 40, (3, 12), generator=gen)
     expected = RepetitionPenaltyLogitsProcessor(1.3)(input_ids, scores.clone())
@@ -159,7 +159,7 @@ def test_repetition_penalty_matches_transformers(impl, gen):
 
 
 def test_repetition_penalty_does_not_modify_its_input(impl, gen):
-    """The input scores are left as they were (a step returns a new tensor)"""
+    """传入的 scores 保持原样（步骤函数返回新张量）"""
     scores = _scores(gen)
     before = scores.clone()
     impl.repetition_penalty(scores, torch.tensor([[1, 2], [3, 4], [5, 6]]), 1.5)
@@ -168,7 +168,7 @@ def test_repetition_penalty_does_not_modify_its_input(impl, gen):
 
 # ----------------------------------------------------------------------------------- 5.7 min-p
 def test_min_p_filter_matches_transformers(impl, gen):
-    """Same scores as transformers' MinPLogitsWarper (min_p = 0.1 and 0.3)"""
+    """与 transformers 的 MinPLogitsWarper 分数相同（min_p = 0.1 和 0.3）"""
     from transformers.generation.logits_process import MinPLogitsWarper
 
     scores = _scores(gen)
@@ -179,7 +179,7 @@ def test_min_p_filter_matches_transformers(impl, gen):
 
 
 def test_min_p_filter_keeps_min_tokens(impl):
-    """min_tokens_to_keep=2 keeps the two best even when the second is far below min_p x max"""
+    """min_tokens_to_keep=2：即使第二名远低于 min_p × 最大概率，也保留最好的两个"""
     scores = torch.tensor([[10.0, 0.0, -1.0, 5.0]])
     got = impl.min_p_filter(scores, 0.5, min_tokens_to_keep=2)
     check_close(got, torch.tensor([[10.0, NEG_INF, NEG_INF, 5.0]]), "最好的 min_tokens_to_keep 个 token 总是保留")
@@ -198,7 +198,7 @@ def _greedy_by_full_forward(hf_model, ids: torch.Tensor, n: int) -> list[int]:
 
 
 def test_generate_with_cache_greedy_matches_transformers(impl):
-    """Greedy: token for token the same as transformers' model run on the whole sequence each step"""
+    """贪心：与每步都把整个序列送进 transformers 模型的结果逐 token 相同"""
     from .helpers import tiny_llama_pair
 
     ours, theirs = tiny_llama_pair(0)
@@ -209,7 +209,7 @@ def test_generate_with_cache_greedy_matches_transformers(impl):
 
 
 def test_generate_with_cache_feeds_only_new_tokens(impl):
-    """With the cache the model sees the prompt once, then one token per step (T + n - 1 tokens, n calls)"""
+    """有缓存时模型只看一次提示词，之后每步只看一个 token（共 T + n - 1 个 token、n 次调用）"""
     from .helpers import CountingModel, tiny_llama_pair
 
     ours, _ = tiny_llama_pair(0)
@@ -221,7 +221,7 @@ def test_generate_with_cache_feeds_only_new_tokens(impl):
 
 
 def test_generate_with_cache_stops_at_eos(impl):
-    """Generation stops right after eos_token_id, which is included in the output"""
+    """生成 eos_token_id 后立即停止，EOS 本身留在输出里"""
     from .helpers import tiny_llama_pair
 
     ours, theirs = tiny_llama_pair(2)
@@ -234,7 +234,7 @@ def test_generate_with_cache_stops_at_eos(impl):
 
 
 def test_generate_with_cache_sampling_distribution(impl):
-    """Sampling with temperature 1.5 and top_k 5: the first token follows softmax(top-5(logits / 1.5))"""
+    """temperature 1.5、top_k 5 采样：第一个 token 服从 softmax(top-5(logits / 1.5))"""
     from .helpers import tiny_llama_pair
 
     ours, theirs = tiny_llama_pair(3, std=0.15)
@@ -260,7 +260,7 @@ def test_generate_with_cache_sampling_distribution(impl):
 
 
 def test_generate_with_cache_top_p_support(impl):
-    """Sampling with top_p 0.6: only tokens of the smallest set whose probability reaches 0.6 are drawn"""
+    """top_p 0.6 采样：只抽到累积概率达到 0.6 的最小集合里的 token"""
     from .helpers import tiny_llama_pair
 
     ours, theirs = tiny_llama_pair(4, std=0.15)
@@ -289,7 +289,7 @@ def test_generate_with_cache_top_p_support(impl):
     ("abc", ["", "zz"], ("abc", False)),
 ])
 def test_trim_at_stop_string_cases(impl, text, stops, expected):
-    """Cut after the stop string that ends first, keep it; no stop string -> unchanged"""
+    """截到最早结束的停止词末尾，保留停止词；没有停止词则原样返回"""
     check_equal(impl.trim_at_stop_string(text, stops), expected,
                 "找出**最早结束**的那个停止词，截到它的末尾（含停止词）；一个都没有则原样返回并给 False")
 
@@ -300,7 +300,7 @@ def test_trim_at_stop_string_cases(impl, text, stops, expected):
     ([1, 2, 3, 9, 1, 2, 3], 3, True), ([1, 2, 3, 9, 1, 2, 4], 3, False), ([], 4, False),
 ])
 def test_repeated_ngram_cases(impl, tokens, n, expected):
-    """Do the last n tokens appear earlier (overlap allowed)?"""
+    """最后 n 个 token 在前面出现过吗（允许重叠）？"""
     check_equal(impl.repeated_ngram(tokens, n), expected,
                 "比较最后 n 个 token 与之前每个起点的 n 元组（起点 0 .. len-n-1，可以与最后 n 个重叠）")
 
@@ -311,7 +311,7 @@ def test_repeated_ngram_cases(impl, tokens, n, expected):
     ([[4, 4, 4, 4]], 1, 1 / 4),
 ])
 def test_distinct_n_cases(impl, rows, n, expected):
-    """Distinct n-grams over all n-grams, each row on its own"""
+    """不同 n 元组数 / n 元组总数，n 元组不跨行"""
     got = impl.distinct_n(rows, n)
     if not isinstance(got, float) or not math.isclose(got, expected):
         raise AssertionError(f"不同的 n 元组个数 / n 元组总数（n 元组不跨行）\n(got {got!r}, expected {expected!r})")

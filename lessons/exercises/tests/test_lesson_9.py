@@ -20,7 +20,7 @@ LESSON = 9
 
 # ----------------------------------------------------------------------------------- 9.1 GGUF rows
 def test_unpermute_rope_rows_hand_computed(impl):
-    """One head of 4 rows stored as (0, 2, 1, 3) comes back as (0, 1, 2, 3)"""
+    """一个头的 4 行按 (0, 2, 1, 3) 存储，还原成 (0, 1, 2, 3)"""
     stored = np.array([[0.0], [2.0], [1.0], [3.0]])
     got = impl.unpermute_rope_rows(stored, 1)
     check_close(torch.as_tensor(np.asarray(got)), torch.tensor([[0.0], [1.0], [2.0], [3.0]]),
@@ -28,7 +28,7 @@ def test_unpermute_rope_rows_hand_computed(impl):
 
 
 def test_unpermute_rope_rows_matches_transformers(impl):
-    """3 heads of head_dim 8: the same rows as transformers' GGUF loader puts back"""
+    """3 个头、head_dim 8：还原出的行与 transformers 的 GGUF 加载器相同"""
     rng = np.random.default_rng(0)
     stored = rng.standard_normal((24, 5)).astype(np.float32)
     expected = LlamaTensorProcessor()._reverse_permute_weights(stored.copy(), 3, 3)
@@ -39,7 +39,7 @@ def test_unpermute_rope_rows_matches_transformers(impl):
 
 # ----------------------------------------------------------------------------------- 9.2 MXFP4
 def test_dequantize_mxfp4_hand_made_block(impl):
-    """Codes 1, 2 (low nibble first) with scale 2^1 give 1.0, 2.0; code 15 is -6"""
+    """编码 1、2（低 4 位在前）乘缩放 2^1 得 1.0、2.0；编码 15 是 -6"""
     blocks = torch.zeros(1, 16, dtype=torch.uint8)
     blocks[0, 0], blocks[0, 1] = 0x21, 0xF8   # low nibble first: codes 1, 2, then 8, 15
     values = impl.dequantize_mxfp4(blocks, torch.tensor([128], dtype=torch.uint8), torch.float32)
@@ -50,7 +50,7 @@ def test_dequantize_mxfp4_hand_made_block(impl):
 
 
 def test_dequantize_mxfp4_matches_transformers(impl):
-    """Random blocks and scales: the same values as transformers' convert_moe_packed_tensors"""
+    """随机的块和缩放：解码出的值与 transformers 的 convert_moe_packed_tensors 相同"""
     gen = torch.Generator().manual_seed(0)
     blocks = torch.randint(0, 256, (3, 4, 5, 16), dtype=torch.uint8, generator=gen)
     scales = torch.randint(100, 150, (3, 4, 5), dtype=torch.uint8, generator=gen)
@@ -75,7 +75,7 @@ def _router_pair(E: int = 6, k: int = 2, H: int = 8):
 
 
 def test_moe_route_matches_transformers(impl, gen):
-    """The same experts and weights as transformers' GptOssTopKRouter"""
+    """选出的专家和权重与 transformers 的 GptOssTopKRouter 相同"""
     ours, theirs = _router_pair()
     x = torch.randn(7, 8, generator=gen)
     with torch.no_grad():
@@ -87,7 +87,7 @@ def test_moe_route_matches_transformers(impl, gen):
 
 
 def test_moe_route_weights_sum_to_one(impl, gen):
-    """Each token's k weights sum to 1"""
+    """每个 token 的 k 个权重之和为 1"""
     ours, _ = _router_pair(E=8, k=3)
     with torch.no_grad():
         _, weights = impl.moe_route(ours, torch.randn(5, 8, generator=gen))

@@ -252,4 +252,6 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    if hasattr(sys.stdout, "reconfigure"):  # a terminal that cannot show Chinese gets '?', not a crash mid-report
+        sys.stdout.reconfigure(errors="replace")
     sys.exit(main())

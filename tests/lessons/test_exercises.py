@@ -7,6 +7,7 @@ import ast
 import inspect
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -117,6 +118,12 @@ def test_an_answer_in_the_documented_place_is_graded(tmp_path):
     assert f"PASS  {title}\n" in out, out
     assert "theta_i = base ** (-2i / dim)" in out, "the failing test's hint is printed"
     assert "Score: 2/11 tests passed; 1/4 exercises complete." in out, out
+
+
+def test_a_terminal_without_chinese_still_gets_the_whole_report():
+    done = grade("9", "--impl", "reference", env={"PYTHONIOENCODING": "ascii"})
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "PASS  " in done.stdout and re.search(r"Score: (\d+)/\1 tests passed", done.stdout), done.stdout
 
 
 def test_missing_answer_or_unknown_lesson_explains_what_to_do(tmp_path):

@@ -1,7 +1,8 @@
 """课时7练习：层内部——熵、熵谷与 DoLa 的层间对比。
 
 把每个 `raise NotImplementedError(...)` 换成你的实现，然后运行 `python -m lessons.grade 7`。
-参考答案是 generation/dola.py 与 generation/entropy.py 里的同名函数（签名完全相同）。
+参考答案是 generation/dola.py 与 generation/entropy.py 里的同名函数（签名完全相同）；综合练习 7.8 的
+参考答案在 lessons/exercises/solutions/lesson_7.py。
 log 都是自然对数（nats），除非另有说明；-inf 的 log 概率表示概率为 0，约定 0 · log 0 = 0。
 """
 
@@ -10,7 +11,7 @@ from __future__ import annotations
 import torch
 
 __all__ = ["entropy_bits", "trough_index", "jensen_shannon_divergence", "plausibility_mask", "dola_contrast",
-           "select_premature_layer", "random_after_index"]
+           "select_premature_layer", "random_after_index", "entropy_layer_choice"]
 
 
 def entropy_bits(scores: torch.Tensor, normalize: bool = False) -> torch.Tensor:
@@ -74,3 +75,21 @@ def random_after_index(trough: torch.Tensor, last: int, generator: torch.Generat
     trough (B,) long；随机数只能来自 generator（torch.rand(..., generator=generator)）。返回 (B,) long。
     """
     raise NotImplementedError("Exercise 7.7: random_after_index")
+
+
+def entropy_layer_choice(hidden_states: tuple[torch.Tensor, ...], norm, lm_head, strategy: str = "trough",
+                         generator: torch.Generator | None = None
+                         ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Exercise 7.8：按熵选层解码的一步（综合练习；种子文档 000 的 "trough" 与 "random_after"）。
+
+    hidden_states 是 `model(ids, output_hidden_states=True).hidden_states`：N + 1 个 (B, T, H)，
+    下标 0 是词嵌入，下标 j 是第 j 个块的输出（最终 norm 之前）。norm 是最终的 RMSNorm，lm_head 是输出头
+    （`model.norm`、`model.lm_head`，都是可以直接调用的模块）。
+    1. 每层 j = 1..N 在**最后一个位置**的早退 logits：lm_head(norm(h_j[:, -1]))，各 (B, V)
+    2. 每层 logits 的熵，单位 bit（同 7.1，不归一化）：entropies (B, N)，第 j - 1 列是第 j 层
+    3. 熵谷（同 7.2）：从第 N 层出发往浅层走，只要更浅的一层熵**严格**更小就继续，停下的层是熵谷
+    4. strategy="trough"：选熵谷层；strategy="random_after"：在 [熵谷层, N] 里均匀地抽一层，随机数同 7.7：
+       **一次** u = torch.rand(B, generator=generator)，层 = 熵谷层 + floor(u × 区间里的层数)
+    返回 (选中层的 logits (B, V) float32, 选中的层号 (B,) long（1..N）, entropies (B, N))。
+    """
+    raise NotImplementedError("Exercise 7.8: entropy_layer_choice")

@@ -60,6 +60,7 @@ REFERENCES: dict[int, dict[str, str]] = {
         "trough_index": "generation.entropy:trough_index",
         "select_premature_layer": "generation.dola:select_premature_layer",
         "random_after_index": "generation.entropy:random_after_index",
+        "entropy_layer_choice": "lessons.exercises.solutions.lesson_7:entropy_layer_choice",
     },
     8: {
         "greedy_accept": "generation.speculative:greedy_accept",

@@ -186,3 +186,110 @@ def test_random_after_index_uses_the_generator(impl):
     torch.manual_seed(123)                                   # the global generator must not matter
     second = impl.random_after_index(trough, 9, torch.Generator().manual_seed(5))
     check_close(first, second, "随机数只来自传入的 generator：torch.rand(..., generator=generator)")
+
+
+# ----------------------------------------------------------------------------------- 7.8 the entropy layer step
+def _curve_states(rows: list[list[list[float]]]) -> tuple[torch.Tensor, ...]:
+    """Hidden states whose early-exit logits (with norm = head = identity) are the given probabilities' logs.
+
+    rows[b][j-1] is layer j's distribution for sequence b; position 0 holds noise (only the last position counts).
+    """
+    B, N, V = len(rows), len(rows[0]), len(rows[0][0])
+    logits = torch.tensor(rows).clamp(min=1e-30).log().clamp(min=-30.0)   # (B, N, V); p = 0 -> logit -30
+    noise = torch.randn(B, 1, V, generator=torch.Generator().manual_seed(9)) * 5
+    embeddings = torch.zeros(B, 2, V)
+    return (embeddings, *[torch.cat([noise, logits[:, j:j + 1]], dim=1) for j in range(N)])
+
+
+QUARTER, HALF, MIXED = [0.25] * 4, [0.5, 0.5, 0.0, 0.0], [0.5, 0.25, 0.25, 0.0]   # 2, 1 and 1.5 bits
+CURVES = [[QUARTER, HALF, MIXED, QUARTER],      # entropies 2, 1, 1.5, 2: walk 4 -> 3 -> 2, stop (2 is not < 1)
+          [HALF, MIXED, QUARTER, QUARTER]]      # entropies 1, 1.5, 2, 2: layer 3 is not lower than 4, stay at 4
+
+
+def test_entropy_layer_choice_hand_computed_curves(impl):
+    """Entropy curves [2, 1, 1.5, 2] and [1, 1.5, 2, 2] bits: troughs at layers 2 and 4, their logits returned"""
+    states = _curve_states(CURVES)
+    identity = torch.nn.Identity()
+    got = impl.entropy_layer_choice(states, identity, identity, "trough")
+    if not isinstance(got, tuple) or len(got) != 3:
+        raise AssertionError("返回 (选中层的 logits (B, V), 选中的层号 (B,), entropies (B, N)) 三个张量")
+    logits, layers, entropies = got
+    check_close(entropies, torch.tensor([[2.0, 1.0, 1.5, 2.0], [1.0, 1.5, 2.0, 2.0]]),
+                "每层只看最后一个位置 h_j[:, -1]：均匀的 4 个 token 是 2 bit，[0.5, 0.5] 是 1 bit，"
+                "[0.5, 0.25, 0.25] 是 1.5 bit；第 j - 1 列是第 j 层（不含下标 0 的词嵌入）", atol=1e-4)
+    check_close(layers, torch.tensor([2, 4]),
+                "熵谷：从第 N 层往浅层走，只要更浅一层的熵严格更小就继续；层号从 1 数起（第 1 个块是 1）")
+    check_close(logits, torch.stack([states[2][0, -1], states[4][1, -1]]),
+                "返回的 logits 是选中那一层的早退 logits lm_head(norm(h_j[:, -1]))", atol=1e-5)
+
+
+def test_entropy_layer_choice_random_after_hand_computed(impl):
+    """random_after on the same curves: the layer is trough + floor(u * span), u from one torch.rand(B)"""
+    states = _curve_states(CURVES)
+    identity = torch.nn.Identity()
+    for seed in range(6):
+        u = torch.rand(2, generator=torch.Generator().manual_seed(seed))
+        expected = torch.tensor([2, 4]) + (u * torch.tensor([3, 1])).long()   # [2, 4] holds 3 layers, [4, 4] one
+        logits, layers, _ = impl.entropy_layer_choice(states, identity, identity, "random_after",
+                                                      torch.Generator().manual_seed(seed))
+        check_close(layers, expected, "random_after：一次 u = torch.rand(B, generator=generator)，"
+                    "层 = 熵谷层 + floor(u × [熵谷层, N] 里的层数)（同 7.7）")
+        check_close(logits, torch.stack([states[int(j)][b, -1] for b, j in enumerate(expected)]),
+                    "返回抽中那一层的 logits", atol=1e-5)
+
+
+def _early_exit_entropies_float64(hf_model, ids: torch.Tensor) -> torch.Tensor:
+    """Every layer's next-token entropy in bits, in float64, from transformers' hidden states: (B, N)."""
+    with torch.no_grad():
+        out = hf_model(ids, output_hidden_states=True)
+    norm, head = hf_model.model.norm, hf_model.lm_head.weight.double()
+    N = len(out.hidden_states) - 1
+    curves = []
+    for j in range(1, N + 1):
+        h = out.hidden_states[j][:, -1].double()
+        if j < N:  # transformers' last hidden state already went through the final norm
+            h = norm.weight.double() * h / (h.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon).sqrt()
+        p = (h @ head.T).softmax(-1)
+        curves.append(-(p * p.log2()).sum(-1))
+    return torch.stack(curves, dim=1)
+
+
+def test_entropy_layer_choice_entropies_match_float64(impl):
+    """On a tiny 6-layer LLaMA: each layer's entropy equals the float64 one from transformers' hidden states"""
+    from .helpers import tiny_llama_pair
+
+    ours, theirs = tiny_llama_pair(0, num_hidden_layers=6)
+    ids = torch.tensor([[1, 5, 9, 13, 7], [1, 8, 3, 3, 20]])
+    with torch.no_grad():
+        states = ours(ids, output_hidden_states=True).hidden_states
+        _, _, entropies = impl.entropy_layer_choice(states, ours.norm, ours.lm_head, "trough")
+    check_close(entropies, _early_exit_entropies_float64(theirs, ids).float(),
+                "每层（1..N）的早退 logits 是 lm_head(norm(h_j[:, -1]))：中间层也要先过最终的 norm，"
+                "再用同一个输出头；熵以 2 为底", atol=1e-4)
+
+
+@pytest.mark.parametrize("strategy", ["trough", "random_after"])
+def test_entropy_layer_choice_decodes_like_the_package(impl, strategy):
+    """Greedy decoding with your step equals generate(entropy_decoding=...) token for token, layer for layer"""
+    from generation import generate
+
+    from .helpers import tiny_llama_pair
+
+    ours, _ = tiny_llama_pair(0, num_hidden_layers=6)
+    ids = torch.tensor([[1, 5, 9, 13, 7], [1, 8, 3, 3, 20]])
+    package = generate(ours, ids, max_new_tokens=8, entropy_decoding=strategy, eos_token_id=[],
+                       generator=torch.Generator().manual_seed(3))
+    expected_layers = torch.stack(package.records["entropy_selected_layer_indices"], dim=1)   # (B, steps)
+    if strategy == "trough" and bool((expected_layers == 6).all()):
+        raise AssertionError("test model broken: the trough never leaves the last layer")
+    generator, sequence, layers = torch.Generator().manual_seed(3), ids, []
+    with torch.no_grad():
+        for _ in range(8):
+            states = ours(sequence, output_hidden_states=True).hidden_states
+            logits, chosen, _ = impl.entropy_layer_choice(states, ours.norm, ours.lm_head, strategy, generator)
+            layers.append(chosen)
+            sequence = torch.cat([sequence, logits.argmax(-1)[:, None]], dim=1)
+    check_close(torch.stack(layers, dim=1), expected_layers,
+                "每步选中的层要与包的熵解码相同：熵谷从第 N 层往下走、严格变小才继续；random_after 每步只用一次 "
+                "torch.rand(B, generator=generator)")
+    check_close(sequence, package.sequences, "用选中层的 logits 贪心解码，结果要与包逐 token 相同")

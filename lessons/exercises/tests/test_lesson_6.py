@@ -11,14 +11,14 @@ LESSON = 6
 
 # ----------------------------------------------------------------------------------- 6.1 gather
 def test_gather_beams_hand_computed(impl):
-    """Rows [10, 11, 12] and [20, 21, 22], index [[2, 0], [1, 1]] -> [[12, 10], [21, 21]]"""
+    """行 [10, 11, 12] 和 [20, 21, 22]，index [[2, 0], [1, 1]] 取出 [[12, 10], [21, 21]]"""
     tensor = torch.tensor([[10, 11, 12], [20, 21, 22]])
     got = impl.gather_beams(tensor, torch.tensor([[2, 0], [1, 1]]))
     check_close(got, torch.tensor([[12, 10], [21, 21]]), "结果 [b, j] = tensor[b, index[b, j]]：每个提示词只在自己的束里挑")
 
 
 def test_gather_beams_sequences(impl, gen):
-    """A (B, K, L) tensor: whole sequences are gathered, compared with a loop"""
+    """(B, K, L) 的张量：取出整条序列，与逐个循环取的结果对照"""
     tensor = torch.randint(0, 100, (2, 3, 5), generator=gen)
     index = torch.tensor([[1, 1, 0, 2], [2, 0, 0, 1]])
     expected = torch.stack([torch.stack([tensor[b, index[b, j]] for j in range(4)]) for b in range(2)])
@@ -39,7 +39,7 @@ def _brute_force(totals: torch.Tensor, K: int, C: int) -> list[list[tuple[float,
 
 
 def test_top_candidates_hand_computed(impl):
-    """K=2 beams, V=3 tokens: the 2 best of all 6 (beam, token) pairs, with their parents and sequences"""
+    """K=2 个束、V=3 个 token：全部 6 个 (束, token) 对里最好的 2 个，连同父束和序列"""
     totals = torch.tensor([[-1.0, -5.0, -2.5, -0.5, -3.0, -9.0]])  # beam 0: tokens 0..2, beam 1: tokens 0..2
     running = torch.tensor([[[7, 8, 0], [7, 9, 0]]])  # (B=1, K=2, L=3), position 2 is empty
     scores, seqs, parents = impl.top_candidates(totals, running, 2, 2, False, None)
@@ -49,7 +49,7 @@ def test_top_candidates_hand_computed(impl):
 
 
 def test_top_candidates_matches_brute_force(impl, gen):
-    """2 prompts, K=3, V=7, C=6: the same candidates as sorting every pair"""
+    """2 个提示词、K=3、V=7、C=6：候选与把所有对排一遍的结果相同"""
     B, K, V, C, length = 2, 3, 7, 6, 4
     totals = torch.randn(B, K * V, generator=gen)
     running = torch.randint(0, V, (B, K, 6), generator=gen)
@@ -63,7 +63,7 @@ def test_top_candidates_matches_brute_force(impl, gen):
 
 
 def test_top_candidates_leaves_running_untouched(impl, gen):
-    """The running beams are not modified in place"""
+    """running 里的束不被原地修改"""
     running = torch.randint(0, 5, (1, 2, 4), generator=gen)
     before = running.clone()
     impl.top_candidates(torch.randn(1, 10, generator=gen), running, 2, 4, False, None)
@@ -71,7 +71,7 @@ def test_top_candidates_leaves_running_untouched(impl, gen):
 
 
 def test_top_candidates_sampling(impl):
-    """do_sample=True: C distinct candidates drawn from the generator, never a -inf pair, reproducible"""
+    """do_sample=True：用 generator 抽出 C 个互不相同的候选，不会抽到 -inf 的对，结果可复现"""
     totals = torch.full((1, 12), float("-inf"))
     totals[0, [0, 3, 5, 8, 11]] = torch.tensor([-1.0, -2.0, -0.5, -3.0, -1.5])
     running = torch.zeros(1, 3, 3, dtype=torch.long)

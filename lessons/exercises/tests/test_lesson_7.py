@@ -31,13 +31,13 @@ def _python_jsd(p: list[float], q: list[float]) -> float:
 
 # ----------------------------------------------------------------------------------- 7.1 entropy
 def test_entropy_bits_hand_computed(impl):
-    """Uniform over 4 tokens: 2 bits; a certain token: 0 bits"""
+    """4 个 token 上的均匀分布：2 bit；确定的 token：0 bit"""
     got = impl.entropy_bits(torch.tensor([[0.0, 0.0, 0.0, 0.0], [0.0, -1e4, -1e4, -1e4]]))
     check_close(got, torch.tensor([2.0, 0.0]), "H = -Σ p log2 p，p = softmax(scores)；单位是 bit（以 2 为底）", atol=1e-4)
 
 
 def test_entropy_bits_matches_python(impl, gen):
-    """Random logits with some -inf: the formula evaluated in plain Python, no NaN"""
+    """带若干 -inf 的随机 logits：与纯 Python 按公式算的相同，不出现 NaN"""
     scores = torch.randn(3, 10, generator=gen) * 2
     scores[0, :4] = NEG_INF
     expected = torch.tensor([_python_entropy_bits(row) for row in scores.tolist()])
@@ -45,7 +45,7 @@ def test_entropy_bits_matches_python(impl, gen):
 
 
 def test_entropy_bits_normalized(impl, gen):
-    """normalize=True divides by log2(V): uniform is 1"""
+    """normalize=True 时除以 log2(V)：均匀分布得 1"""
     scores = torch.randn(2, 16, generator=gen)
     got = impl.entropy_bits(torch.cat([torch.zeros(1, 16), scores]), normalize=True)
     expected = torch.tensor([1.0] + [_python_entropy_bits(r) / 4.0 for r in scores.tolist()])
@@ -61,20 +61,20 @@ def test_entropy_bits_normalized(impl, gen):
     ([5.0, 1.0, 3.0, 2.0, 6.0], 3),  # 6 > 2, then 3 is higher: stop at index 3
 ])
 def test_trough_index_hand_computed(impl, costs, expected):
-    """Walk down from the last layer while the cost strictly falls"""
+    """从最后一层往前走，只要代价严格变小就继续"""
     got = impl.trough_index(torch.tensor([costs]))
     check_close(got, torch.tensor([expected]), f"{costs} 的熵谷是 {expected}：从最后一列往前，只要严格变小就继续")
 
 
 def test_trough_index_batch(impl):
-    """Each row walks on its own"""
+    """每一行各走各的"""
     got = impl.trough_index(torch.tensor([[3.0, 1.0, 2.0, 4.0], [1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]]))
     check_close(got, torch.tensor([1, 0, 3]), "每一行独立计算，返回 (B,)")
 
 
 # ----------------------------------------------------------------------------------- 7.3 JSD
 def test_jensen_shannon_divergence_hand_computed(impl):
-    """Disjoint distributions: ln 2; identical ones: 0"""
+    """不相交的两个分布：ln 2；相同的分布：0"""
     log_p = torch.tensor([[0.0, NEG_INF], [math.log(0.3), math.log(0.7)]])
     log_q = torch.tensor([[NEG_INF, 0.0], [math.log(0.3), math.log(0.7)]])
     check_close(impl.jensen_shannon_divergence(log_p, log_q), torch.tensor([math.log(2.0), 0.0]),
@@ -82,7 +82,7 @@ def test_jensen_shannon_divergence_hand_computed(impl):
 
 
 def test_jensen_shannon_divergence_matches_python(impl, gen):
-    """Random distributions: the formula evaluated in plain Python"""
+    """随机分布：与纯 Python 按公式算的相同"""
     log_p = torch.randn(4, 12, generator=gen).log_softmax(-1)
     log_q = (torch.randn(4, 12, generator=gen) * 3).log_softmax(-1)
     expected = torch.tensor([_python_jsd(p, q) for p, q in zip(log_p.exp().tolist(), log_q.exp().tolist())])
@@ -91,7 +91,7 @@ def test_jensen_shannon_divergence_matches_python(impl, gen):
 
 
 def test_jensen_shannon_divergence_broadcasts(impl, gen):
-    """final (1, B, V) against premature (L, B, V), as DoLa uses it"""
+    """最后一层 (1, B, V) 对 L 个早期层 (L, B, V) 广播，DoLa 就是这样用的"""
     final = torch.randn(1, 2, 8, generator=gen).log_softmax(-1)
     layers = torch.randn(3, 2, 8, generator=gen).log_softmax(-1)
     expected = torch.tensor([[_python_jsd(final[0, b].exp().tolist(), layers[j, b].exp().tolist())
@@ -102,7 +102,7 @@ def test_jensen_shannon_divergence_broadcasts(impl, gen):
 # ----------------------------------------------------------------------------------- 7.4 V_head
 @pytest.mark.parametrize("alpha", [0.1, 0.5])
 def test_plausibility_mask_matches_transformers(impl, gen, alpha):
-    """The same tokens as transformers' _relative_top_filter keeps"""
+    """保留的 token 与 transformers 的 _relative_top_filter 相同"""
     logits = torch.randn(3, 30, generator=gen) * 3
     kept, _ = _relative_top_filter(logits.clone(), logits.clone(), relative_top=alpha)
     check_close(impl.plausibility_mask(logits.log_softmax(-1), alpha), kept > NEG_INF,
@@ -110,7 +110,7 @@ def test_plausibility_mask_matches_transformers(impl, gen, alpha):
 
 
 def test_plausibility_mask_hand_computed(impl):
-    """q = [0.5, 0.3, 0.04, 0.16], alpha = 0.1: the threshold is 0.05, so only 0.04 is dropped"""
+    """q = [0.5, 0.3, 0.04, 0.16]，alpha = 0.1：阈值是 0.05，只去掉 0.04"""
     log_q = torch.tensor([[0.5, 0.3, 0.04, 0.16]]).log()
     check_close(impl.plausibility_mask(log_q, 0.1), torch.tensor([[True, True, False, True]]),
                 "阈值是 alpha × 最大概率 = 0.05", )
@@ -119,7 +119,7 @@ def test_plausibility_mask_hand_computed(impl):
 
 # ----------------------------------------------------------------------------------- 7.5 contrast
 def test_dola_contrast_matches_transformers(impl, gen):
-    """Equals transformers' _dola_select_contrast with one premature layer (alpha = 0.1)"""
+    """只有一个早期层时与 transformers 的 _dola_select_contrast 相同（alpha = 0.1）"""
     final = torch.randn(2, 25, generator=gen) * 3
     premature = torch.randn(2, 25, generator=gen) * 3
     expected = _dola_select_contrast([4], {4: premature.clone()}, final.clone())
@@ -128,7 +128,7 @@ def test_dola_contrast_matches_transformers(impl, gen):
 
 
 def test_dola_contrast_hand_computed(impl):
-    """The contrast favours the token whose probability grew from layer M to layer N"""
+    """对比偏向从第 M 层到第 N 层概率变大的 token"""
     final = torch.tensor([[0.6, 0.3, 0.1]]).log()
     early = torch.tensor([[0.7, 0.1, 0.2]]).log()
     expected = torch.tensor([[math.log(0.6 / 0.7), math.log(0.3 / 0.1), math.log(0.1 / 0.2)]])
@@ -145,7 +145,7 @@ def _jsd_float64(p: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
 
 
 def test_select_premature_layer_against_the_definition(impl, gen):
-    """The chosen layer maximises JSD(q_N || q_j) (float64 definition), per sequence; the JSD table too"""
+    """每条序列选出的层使 JSD(q_N || q_j) 最大（对照 float64 的定义），JSD 表也要对"""
     final = (torch.randn(3, 30, generator=gen) * 2).log_softmax(-1)
     premature = (torch.randn(4, 3, 30, generator=gen) * 2).log_softmax(-1)
     premature[2, 1] = final[1]                         # identical to the last layer: JSD 0, never chosen
@@ -160,7 +160,7 @@ def test_select_premature_layer_against_the_definition(impl, gen):
 
 # ----------------------------------------------------------------------------------- 7.7 random_after
 def test_random_after_index_range_and_uniformity(impl):
-    """Every draw lies in [trough, last], and each allowed layer is drawn about equally often"""
+    """每次抽到的层都在 [trough, last] 之内，且每个允许的层被抽到的次数大致相同"""
     generator = torch.Generator().manual_seed(0)
     trough = torch.tensor([26, 29, 20])
     counts = torch.zeros(3, 30)
@@ -180,7 +180,7 @@ def test_random_after_index_range_and_uniformity(impl):
 
 
 def test_random_after_index_uses_the_generator(impl):
-    """Two generators with the same seed give the same draws"""
+    """种子相同的两个 generator 抽出相同的结果"""
     trough = torch.tensor([3, 5, 0, 7])
     first = impl.random_after_index(trough, 9, torch.Generator().manual_seed(5))
     torch.manual_seed(123)                                   # the global generator must not matter
@@ -207,7 +207,7 @@ CURVES = [[QUARTER, HALF, MIXED, QUARTER],      # entropies 2, 1, 1.5, 2: walk 4
 
 
 def test_entropy_layer_choice_hand_computed_curves(impl):
-    """Entropy curves [2, 1, 1.5, 2] and [1, 1.5, 2, 2] bits: troughs at layers 2 and 4, their logits returned"""
+    """熵曲线 [2, 1, 1.5, 2] 和 [1, 1.5, 2, 2] bit：熵谷在第 2 层和第 4 层，返回这两层的 logits"""
     states = _curve_states(CURVES)
     identity = torch.nn.Identity()
     got = impl.entropy_layer_choice(states, identity, identity, "trough")
@@ -224,7 +224,7 @@ def test_entropy_layer_choice_hand_computed_curves(impl):
 
 
 def test_entropy_layer_choice_random_after_hand_computed(impl):
-    """random_after on the same curves: the layer is trough + floor(u * span), u from one torch.rand(B)"""
+    """同样的曲线用 random_after：层 = 熵谷层 + floor(u × [熵谷层, N] 里的层数)，u 来自一次 torch.rand(B)"""
     states = _curve_states(CURVES)
     identity = torch.nn.Identity()
     for seed in range(6):
@@ -255,7 +255,7 @@ def _early_exit_entropies_float64(hf_model, ids: torch.Tensor) -> torch.Tensor:
 
 
 def test_entropy_layer_choice_entropies_match_float64(impl):
-    """On a tiny 6-layer LLaMA: each layer's entropy equals the float64 one from transformers' hidden states"""
+    """6 层的小 LLaMA 上：每层的熵与由 transformers 的隐藏状态用 float64 算出的相同"""
     from .helpers import tiny_llama_pair
 
     ours, theirs = tiny_llama_pair(0, num_hidden_layers=6)
@@ -270,7 +270,7 @@ def test_entropy_layer_choice_entropies_match_float64(impl):
 
 @pytest.mark.parametrize("strategy", ["trough", "random_after"])
 def test_entropy_layer_choice_decodes_like_the_package(impl, strategy):
-    """Greedy decoding with your step equals generate(entropy_decoding=...) token for token, layer for layer"""
+    """用你写的这一步做贪心解码，与 generate(entropy_decoding=...) 逐 token、逐层相同"""
     from generation import generate
 
     from .helpers import tiny_llama_pair

@@ -1,15 +1,16 @@
-"""课时8练习：投机解码的接受规则与 LogU 不确定度。
+"""课时8练习：投机解码（接受规则，贪心与采样的整个循环）与 LogU 不确定度。
 
 把每个 `raise NotImplementedError(...)` 换成你的实现，然后运行 `python -m lessons.grade 8`。
 参考答案是 generation/speculative.py 的 `greedy_accept`、`sampling_accept` 与
-generation/uncertainty.py 的 `logu_uncertainty`（签名完全相同）。gamma = 本轮草稿 token 数，V = 词表大小。
+generation/uncertainty.py 的 `logu_uncertainty`（签名完全相同）；综合练习 8.4、8.5 的参考答案在
+lessons/exercises/solutions/lesson_8.py。gamma = 本轮草稿 token 数，V = 词表大小。
 """
 
 from __future__ import annotations
 
 import torch
 
-__all__ = ["greedy_accept", "sampling_accept", "logu_uncertainty", "speculative_greedy"]
+__all__ = ["greedy_accept", "sampling_accept", "logu_uncertainty", "speculative_greedy", "speculative_sampling"]
 
 
 def greedy_accept(target_scores: torch.Tensor, draft_tokens: torch.Tensor) -> tuple[int, int]:
@@ -63,3 +64,22 @@ def speculative_greedy(target, draft, input_ids: torch.Tensor, max_new_tokens: i
     而草稿与目标相同时，目标模型的前向次数要远少于 max_new_tokens。
     """
     raise NotImplementedError("Exercise 8.4: speculative_greedy")
+
+
+def speculative_sampling(target, draft, input_ids: torch.Tensor, max_new_tokens: int, num_draft_tokens: int,
+                         generator: torch.Generator, temperature: float = 1.0) -> torch.Tensor:
+    """Exercise 8.5：投机**采样**的整个循环（综合练习；Leviathan et al. 2023 算法 1，加上 KV 缓存）。
+
+    target、draft 是包里的 CausalLM（同一个词表），各用一个 `DynamicCache()`，用法同 8.4。input_ids (1, T)。
+    分布都是 softmax(logits / temperature)：草稿的记作 q，目标的记作 p。每一轮：
+    1. 本轮草稿数 γ = min(num_draft_tokens, 还需要的 token 数 - 1)（每轮最后总有一个目标抽出的 token，所以不会超出）
+    2. 草稿逐个提出 γ 个 token：d_i = torch.multinomial(q_i, 1, generator=generator)
+    3. 目标模型对 [上一个 token, d_1..d_γ] **一次**前向，得到 p_1..p_{γ+1}
+    4. **一次** u = torch.rand(γ, generator=generator)；依次当 u_i < p_i(d_i) / q_i(d_i) 时接受 d_i，第一次拒绝就停
+    5. 在第 i 个草稿处被拒绝：从 norm(max(0, p_i - q_i)) 抽一个 token；全部接受：从 p_{γ+1} 抽一个额外的 token
+       （都用 torch.multinomial(..., 1, generator=generator)）
+    6. 两个缓存都 crop 掉被拒绝的部分
+    随机数只能来自 generator，并且按上面的顺序取（评分会与同一个随机数流逐 token 比较）。
+    返回新 token (1, max_new_tokens)（不处理 EOS）。每个输出的 token 都恰好服从目标模型的分布 p。
+    """
+    raise NotImplementedError("Exercise 8.5: speculative_sampling")

@@ -67,6 +67,7 @@ REFERENCES: dict[int, dict[str, str]] = {
         "sampling_accept": "generation.speculative:sampling_accept",
         "logu_uncertainty": "generation.uncertainty:logu_uncertainty",
         "speculative_greedy": "lessons.exercises.solutions.lesson_8:speculative_greedy",
+        "speculative_sampling": "lessons.exercises.solutions.lesson_8:speculative_sampling",
     },
     9: {
         "unpermute_rope_rows": "model.zoo.dequantize:unpermute_rope_rows",

@@ -149,3 +149,99 @@ def test_speculative_greedy_saves_target_passes(impl):
     if target.calls > 5:
         raise AssertionError(f"目标模型前向了 {target.calls} 次：每轮只能有一次（对 [上一个 token, d_1..d_γ] 一起），"
                              "全部接受时一轮前进 γ + 1 个 token，12 个 token 应约 3-4 次（加上 prefill）")
+
+
+# ----------------------------------------------------------------------------------- 8.5 the speculative sampling loop
+def _target_sampling_same_stream(hf_model, ids: torch.Tensor, n: int, gamma: int, generator: torch.Generator,
+                                 temperature: float) -> list[int]:
+    """The oracle: transformers' model alone samples every token from softmax(logits / T), drawing random numbers
+    in the order a speculative round uses when it accepts everything (gamma draws, gamma uniforms, one more)."""
+    seq, out = ids[0].tolist(), []
+
+    def draw() -> int:
+        with torch.no_grad():
+            probs = (hf_model(torch.tensor([seq])).logits[0, -1].float() / temperature).softmax(-1)
+        token = int(torch.multinomial(probs, 1, generator=generator))
+        seq.append(token)
+        out.append(token)
+        return token
+
+    while len(out) < n:
+        g = min(gamma, n - len(out) - 1)
+        for _ in range(g):
+            draw()
+        torch.rand(g, generator=generator)                     # the acceptance test's uniforms: p = q accepts all
+        draw()
+    return out
+
+
+@pytest.mark.parametrize("gamma, temperature", [(1, 1.0), (3, 0.8)])
+def test_speculative_sampling_with_the_target_as_draft_is_target_sampling(impl, gamma, temperature):
+    """Draft = target: every draft is accepted, so the output is the target's own samples from the same stream"""
+    from .helpers import CountingModel, tiny_llama_pair
+
+    model, model_hf = tiny_llama_pair(1)
+    target = CountingModel(model)
+    ids = torch.tensor([[1, 2, 3]])
+    got = impl.speculative_sampling(target, model, ids, 12, gamma, torch.Generator().manual_seed(7), temperature)
+    expected = _target_sampling_same_stream(model_hf, ids, 12, gamma, torch.Generator().manual_seed(7), temperature)
+    check_equal(got.tolist() if isinstance(got, torch.Tensor) else got, [expected],
+                "草稿与目标相同时 p = q，每个草稿都被接受：输出就是目标模型自己按 softmax(logits / temperature) "
+                "抽样的结果。随机数的顺序：γ 次 multinomial 抽草稿，一次 torch.rand(γ)，一次 multinomial 抽最后的 token；"
+                "γ = min(num_draft_tokens, 还需要的个数 - 1)")
+    rounds = -(-12 // (gamma + 1))
+    if target.calls > rounds + 1:
+        raise AssertionError(f"目标模型前向了 {target.calls} 次：每轮只能有一次（对 [上一个 token, d_1..d_γ] 一起），"
+                             f"全部接受时一轮前进 γ + 1 个 token，12 个 token 最多 {rounds + 1} 次（含 prefill）")
+
+
+def test_speculative_sampling_emits_the_target_distribution(impl):
+    """A 6-token vocabulary: the pair (x1, x2) of 2000 runs follows p(x1) p(x2 | x1) exactly (binomial tolerance)"""
+    from .helpers import tiny_llama_pair
+
+    target, target_hf = tiny_llama_pair(1, vocab_size=6)
+    draft, draft_hf = tiny_llama_pair(2, vocab_size=6, std=0.6)   # a quite different draft: ~43% acceptance
+    prompt = [1, 3, 4]
+    with torch.no_grad():
+        p1 = target_hf(torch.tensor([prompt])).logits[0, -1].double().softmax(-1)              # (6,)
+        p2 = target_hf(torch.tensor([prompt + [x] for x in range(6)])).logits[:, -1].double().softmax(-1)  # (6, 6)
+        q1 = draft_hf(torch.tensor([prompt])).logits[0, -1].double().softmax(-1)
+    exact = p1[:, None] * p2                                                                 # (6, 6) joint
+    # the classic mistake (on rejection, draw from p instead of the residual) must be visible at this size
+    wrong_first = torch.minimum(p1, q1) + (1 - torch.minimum(p1, q1).sum()) * p1
+    assert 0.5 * float((wrong_first - p1).abs().sum()) > 0.1, "test models too similar to grade anything"
+    draws, counts = 2000, torch.zeros(6, 6, dtype=torch.float64)
+    generator, threads = torch.Generator().manual_seed(0), torch.get_num_threads()
+    torch.set_num_threads(1)                                   # tiny matrices: one thread is much faster
+    try:
+        for _ in range(draws):
+            x1, x2 = impl.speculative_sampling(target, draft, torch.tensor([prompt]), 2, 1, generator).reshape(-1)
+            counts[int(x1), int(x2)] += 1
+    finally:
+        torch.set_num_threads(threads)
+    for name, freq, prob in (("第一个 token", counts.sum(1) / draws, p1), ("(x1, x2)", counts / draws, exact)):
+        allowed = 4.5 * (prob * (1 - prob) / draws).sqrt() + 1.0 / draws      # 4.5 binomial standard errors
+        worst = float(((freq - prob).abs() - allowed).max())
+        if worst > 0:
+            raise AssertionError(f"{name} 的频率与目标分布 p 不符（超出容差 {worst:.3f}）：以 min(1, p/q) 接受草稿；"
+                                 "被拒绝时从 norm(max(0, p - q)) 抽（不是从 p，也不是从 q）；全部接受时从 p_{γ+1} 抽额外的 token\n"
+                                 f"(frequencies\n{freq.numpy().round(3)}\nexpected\n{prob.numpy().round(3)})")
+
+
+@pytest.mark.parametrize("gamma, temperature", [(1, 1.0), (3, 0.7), (4, 1.0)])
+def test_speculative_sampling_equals_the_package(impl, gamma, temperature):
+    """With a different draft and the same seed: token for token generation/speculative.py's sampling loop"""
+    from generation.speculative import speculative_generate
+
+    from .helpers import tiny_llama_pair
+
+    target, _ = tiny_llama_pair(0)
+    draft, _ = tiny_llama_pair(0, std=0.25)
+    ids = torch.tensor([[1, 5, 9, 13, 7]])
+    package = speculative_generate(target, draft, ids, num_draft_tokens=gamma, do_sample=True, max_new_tokens=12,
+                                   eos_token_id=[], temperature=temperature, generator=torch.Generator().manual_seed(4))
+    assert package.stats.accepted < package.stats.drafted, "test models broken: nothing was rejected"
+    got = impl.speculative_sampling(target, draft, ids, 12, gamma, torch.Generator().manual_seed(4), temperature)
+    check_equal(got.tolist() if isinstance(got, torch.Tensor) else got, [package.sequences[0, 5:].tolist()],
+                "与包的投机采样用同一个随机数流时要逐 token 相同：每个草稿 multinomial 一次，然后一次 torch.rand(γ)，"
+                "最后一次 multinomial；γ = min(num_draft_tokens, 还需要的个数 - 1)；被拒绝的部分从两个缓存里 crop 掉")

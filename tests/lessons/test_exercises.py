@@ -20,6 +20,8 @@ pytestmark = pytest.mark.slow  # the grader runs every lesson's exercises in a s
 
 REPO = Path(__file__).resolve().parents[2]
 LESSONS = available_lessons()
+TEST_FILES = sorted((EXERCISES_DIR / "tests").glob("test_lesson_*.py"))
+CJK = re.compile("[\u3400-\u4dbf\u4e00-\u9fff]")  # CJK Unified Ideographs (and extension A)
 
 
 def exercise_test_titles(path: Path) -> dict[str, str]:
@@ -91,6 +93,15 @@ def test_stub_signatures_are_the_reference_signatures(lesson):
         ours = list(inspect.signature(getattr(stub, name)).parameters)
         theirs = list(inspect.signature(getattr(reference, name)).parameters)
         assert ours == theirs, f"lesson {lesson} {name}: stub {ours} vs reference {theirs}"
+
+
+@pytest.mark.parametrize("path", TEST_FILES, ids=lambda p: p.stem)
+def test_every_exercise_test_has_a_chinese_title(path):
+    """The grader shows a test's first docstring line as its title; the course is in Chinese, so is the title."""
+    titles = exercise_test_titles(path)
+    assert titles, f"{path.name} defines no test"
+    english = {name: title for name, title in titles.items() if not CJK.search(title)}
+    assert not english, f"{path.name}: these tests need a docstring whose first line is a Chinese title: {english}"
 
 
 def test_init_copies_the_stub_and_keeps_an_existing_answer(tmp_path):

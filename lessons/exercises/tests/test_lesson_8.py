@@ -30,28 +30,28 @@ def _one_hot_scores(tokens: list[int], V: int = 6) -> torch.Tensor:
     ([0, 2, 3, 4], [1, 2, 3], (0, 0)),   # the first draft is already wrong: keep none
 ])
 def test_greedy_accept_hand_computed(impl, target, drafts, expected):
-    """Keep the longest agreeing prefix, then the target's own token"""
+    """保留最长的一致前缀，再接上目标模型自己的 token"""
     got = impl.greedy_accept(_one_hot_scores(target), torch.tensor(drafts))
     check_equal(tuple(int(x) for x in got), expected,
                 "目标模型每个位置取 argmax；从头比较，第一次不一致就停；返回 (一致的个数, 目标在该位置的 argmax)")
 
 
 def test_greedy_accept_later_agreement_does_not_count(impl):
-    """A draft that agrees again after a disagreement is not kept"""
+    """不一致之后又一致的草稿不保留"""
     got = impl.greedy_accept(_one_hot_scores([1, 3, 3, 4]), torch.tensor([1, 2, 3]))
     check_equal(tuple(int(x) for x in got), (1, 3), "只算**前缀**：第 2 个不一致后，第 3 个即使一致也不算")
 
 
 # ----------------------------------------------------------------------------------- 8.2 sampling
 def test_sampling_accept_same_distributions_accept_everything(impl):
-    """p = q: every draft is accepted (p/q = 1)"""
+    """p = q：每个草稿都被接受（p/q = 1）"""
     p = torch.tensor([[0.2, 0.5, 0.3]] * 4)
     accepted, token = impl.sampling_accept(p, p[:3], torch.tensor([1, 0, 2]), torch.Generator().manual_seed(0))
     check_equal(int(accepted), 3, "p = q 时 p/q = 1，每个草稿都接受")
 
 
 def test_sampling_accept_impossible_draft_is_rejected(impl):
-    """A draft the target gives probability 0 is rejected; the token then comes from max(0, p - q)"""
+    """目标模型给概率 0 的草稿被拒绝；此时的 token 从 max(0, p - q) 里抽"""
     p = torch.tensor([[0.0, 1.0, 0.0], [0.3, 0.3, 0.4]])
     q = torch.tensor([[1.0, 0.0, 0.0]])
     accepted, token = impl.sampling_accept(p, q, torch.tensor([0]), torch.Generator().manual_seed(0))
@@ -60,7 +60,7 @@ def test_sampling_accept_impossible_draft_is_rejected(impl):
 
 
 def test_sampling_accept_emits_tokens_distributed_as_p(impl):
-    """The first emitted token follows p exactly (counted over 4000 rounds, gamma = 1)"""
+    """第一个输出的 token 严格服从 p（统计 4000 轮，gamma = 1）"""
     p = torch.tensor([[0.5, 0.1, 0.1, 0.3], [0.25, 0.25, 0.25, 0.25]])
     q = torch.tensor([[0.1, 0.6, 0.2, 0.1]])
     gen = torch.Generator().manual_seed(0)
@@ -74,7 +74,7 @@ def test_sampling_accept_emits_tokens_distributed_as_p(impl):
 
 
 def test_sampling_accept_uses_the_generator(impl):
-    """The same generator seed gives the same result"""
+    """generator 种子相同，结果相同"""
     p = torch.softmax(torch.randn(4, 7, generator=torch.Generator().manual_seed(1)), -1)
     q = torch.softmax(torch.randn(3, 7, generator=torch.Generator().manual_seed(2)), -1)
     drafts = torch.tensor([1, 4, 6])
@@ -84,14 +84,14 @@ def test_sampling_accept_uses_the_generator(impl):
 
 # ----------------------------------------------------------------------------------- 8.3 LogU
 def test_logu_uncertainty_no_evidence(impl):
-    """All logits <= 0: no evidence, AU = 0 and EU = 1"""
+    """所有 logits <= 0：没有证据，AU = 0，EU = 1"""
     au, eu = impl.logu_uncertainty(torch.tensor([[-1.0, -2.0, -3.0, -0.5]]), top_k=2)
     check_close(au, torch.tensor([0.0]), "没有证据（alpha_0 = 0）时期望概率取均匀 1/K，ψ(1) - ψ(1) = 0，所以 AU = 0")
     check_close(eu, torch.tensor([1.0]), "EU = K / Σ(alpha_k + 1) = 2 / 2 = 1")
 
 
 def test_logu_uncertainty_hand_computed(impl):
-    """Top-2 logits [1, 1] (the rest ignored): AU = psi(3) - psi(2) = 1/2, EU = 2/4"""
+    """最大的 2 个 logits 为 [1, 1]（其余不计）：AU = psi(3) - psi(2) = 1/2，EU = 2/4"""
     au, eu = impl.logu_uncertainty(torch.tensor([1.0, 1.0, -4.0, 0.5]), top_k=2)
     check_close(au, torch.tensor(_digamma_int(3) - _digamma_int(2)),
                 "AU = -Σ (α_k/α_0)(ψ(α_k + 1) - ψ(α_0 + 1))，只用最大的 top_k 个")
@@ -99,14 +99,14 @@ def test_logu_uncertainty_hand_computed(impl):
 
 
 def test_logu_uncertainty_concentrated_evidence(impl):
-    """Evidence [3, 0, 0]: AU = 0 (one token holds it all), EU = 3/6"""
+    """证据 [3, 0, 0]：AU = 0（证据全在一个 token 上），EU = 3/6"""
     au, eu = impl.logu_uncertainty(torch.tensor([[3.0, -1.0, 0.0, -2.0]]), top_k=3)
     check_close(au, torch.tensor([0.0]), "证据全在一个 token 上时 AU = -(1)(ψ(4) - ψ(4)) = 0", atol=1e-6)
     check_close(eu, torch.tensor([0.5]), "EU = 3 / (4 + 1 + 1)")
 
 
 def test_logu_uncertainty_bad_top_k(impl):
-    """top_k larger than the vocabulary is an error"""
+    """top_k 大于词表大小时要报错"""
     with pytest.raises(ValueError):
         impl.logu_uncertainty(torch.zeros(1, 4), top_k=5)
 
@@ -124,7 +124,7 @@ def _greedy_reference(model, ids: torch.Tensor, n: int) -> list[int]:
 
 @pytest.mark.parametrize("gamma", [1, 3, 4])
 def test_speculative_greedy_equals_target_greedy(impl, gamma):
-    """With a different draft: token for token the target's own greedy decoding (transformers' model)"""
+    """草稿模型与目标模型不同：结果与目标模型自己贪心解码逐 token 相同（对照 transformers 的模型）"""
     from .helpers import tiny_llama_pair
 
     target, target_hf = tiny_llama_pair(0)
@@ -137,7 +137,7 @@ def test_speculative_greedy_equals_target_greedy(impl, gamma):
 
 
 def test_speculative_greedy_saves_target_passes(impl):
-    """When the draft is the target itself every draft is accepted: about 12 / (gamma + 1) target passes"""
+    """草稿模型就是目标本身时每个草稿都被接受：目标模型约前向 12 / (gamma + 1) 次"""
     from .helpers import CountingModel, tiny_llama_pair
 
     model, model_hf = tiny_llama_pair(1)
@@ -177,7 +177,7 @@ def _target_sampling_same_stream(hf_model, ids: torch.Tensor, n: int, gamma: int
 
 @pytest.mark.parametrize("gamma, temperature", [(1, 1.0), (3, 0.8)])
 def test_speculative_sampling_with_the_target_as_draft_is_target_sampling(impl, gamma, temperature):
-    """Draft = target: every draft is accepted, so the output is the target's own samples from the same stream"""
+    """草稿模型就是目标模型：每个草稿都被接受，所以输出就是目标模型用同一个随机数流自己抽样的结果"""
     from .helpers import CountingModel, tiny_llama_pair
 
     model, model_hf = tiny_llama_pair(1)
@@ -196,7 +196,7 @@ def test_speculative_sampling_with_the_target_as_draft_is_target_sampling(impl, 
 
 
 def test_speculative_sampling_emits_the_target_distribution(impl):
-    """A 6-token vocabulary: the pair (x1, x2) of 2000 runs follows p(x1) p(x2 | x1) exactly (binomial tolerance)"""
+    """6 个 token 的词表：2000 次运行里 (x1, x2) 的频率严格服从 p(x1) p(x2 | x1)（二项分布的容差）"""
     from .helpers import tiny_llama_pair
 
     target, target_hf = tiny_llama_pair(1, vocab_size=6)
@@ -230,7 +230,7 @@ def test_speculative_sampling_emits_the_target_distribution(impl):
 
 @pytest.mark.parametrize("gamma, temperature", [(1, 1.0), (3, 0.7), (4, 1.0)])
 def test_speculative_sampling_equals_the_package(impl, gamma, temperature):
-    """With a different draft and the same seed: token for token generation/speculative.py's sampling loop"""
+    """草稿模型不同、种子相同：与 generation/speculative.py 的投机采样循环逐 token 相同"""
     from generation.speculative import speculative_generate
 
     from .helpers import tiny_llama_pair

@@ -51,6 +51,7 @@ REFERENCES: dict[int, dict[str, str]] = {
     6: {
         "gather_beams": "generation.beam:gather_beams",
         "top_candidates": "generation.beam:top_candidates",
+        "beam_search": "lessons.exercises.solutions.lesson_6:beam_search",
     },
     7: {
         "jensen_shannon_divergence": "generation.dola:jensen_shannon_divergence",

@@ -1,7 +1,9 @@
-"""Lesson 6 (one beam-search step) against loops over every (beam, token) pair and hand-computed cases."""
+"""Lesson 6 (one beam-search step) against loops over every (beam, token) pair and hand-computed cases; the whole
+beam search (6.3) against transformers' generate(num_beams=K)."""
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from .helpers import check_close, check_equal
@@ -81,3 +83,84 @@ def test_top_candidates_sampling(impl):
     check_equal(len(set(scores[0].tolist())), 4, "不放回地抽 C 个：torch.multinomial(..., replacement=False)")
     check_close(scores, again, "同一个 generator 种子应得到同样的抽样结果：把 generator 传给 multinomial")
     check_close(parents, parents.clamp(0, 2), "父束在 0..K-1 之内")
+
+
+# ----------------------------------------------------------------------------------- 6.3 the whole beam search
+def _transformers_beam_search(hf_model, ids: torch.Tensor, K: int, n: int, length_penalty: float, eos: int | None,
+                              returned: int):
+    """The oracle: transformers' generate(num_beams=K, do_sample=False). Returns (each hypothesis' new tokens up to
+    and including EOS, best first; their sequences_scores; the number of steps it ran)."""
+    hf_model.generation_config.eos_token_id = eos          # None: no EOS at all (not the config's default one)
+    out = hf_model.generate(ids, num_beams=K, max_new_tokens=n, length_penalty=length_penalty, do_sample=False,
+                            eos_token_id=eos, pad_token_id=0, num_return_sequences=returned, output_scores=True,
+                            return_dict_in_generate=True)
+    rows = []
+    for row in out.sequences[:, ids.shape[1]:].tolist():
+        rows.append(row[:row.index(eos) + 1] if eos is not None and eos in row else row)   # drop the padding
+    return rows, out.sequences_scores, len(out.scores)
+
+
+def _prompt_and_eos(seed: int, K: int, eos_position: int | None):
+    """A tiny LLaMA pair, a prompt, and an EOS id that makes hypotheses end early: the token transformers' best
+    beam (searched without EOS) generates at `eos_position` (None: no EOS)."""
+    from .helpers import tiny_llama_pair
+
+    ours, theirs = tiny_llama_pair(seed)
+    ids = torch.randint(3, 61, (1, 5), generator=torch.Generator().manual_seed(seed))
+    if eos_position is None:
+        return ours, theirs, ids, None
+    best, _, _ = _transformers_beam_search(theirs, ids, K, 8, 1.0, None, 1)
+    return ours, theirs, ids, best[0][eos_position]
+
+
+def _as_lists(hypotheses) -> list[list[int]]:
+    return [[int(t) for t in tokens] for tokens in hypotheses]
+
+
+def test_beam_search_without_eos_matches_transformers(impl):
+    """没有 EOS：K = 3 的束搜索返回的 3 个假设及其分数与 transformers 的 generate(num_beams=3) 相同"""
+    ours, theirs, ids, _ = _prompt_and_eos(1, 3, None)
+    expected, scores, _ = _transformers_beam_search(theirs, ids, 3, 6, 1.0, None, 3)
+    got = impl.beam_search(ours, ids, 3, 6, 1.0, None, 3)
+    if not isinstance(got, tuple) or len(got) != 2:
+        raise AssertionError("返回 (假设的列表, 分数张量) 两项")
+    check_equal(_as_lists(got[0]), expected,
+                "每步：log_softmax + 束的累计分数，展平成 K·V，取最好的 2K 个候选；前 K 个不结束的成为新束，缓存随之 "
+                "reorder；到最大长度时排名前 K 的候选进入已完成的堆；返回最好的 num_return_sequences 个（只含新 token）")
+    check_close(got[1], scores, "分数 = 累计 log 概率 / 生成长度 ** length_penalty，从高到低", atol=1e-4)
+
+
+@pytest.mark.parametrize("seed, K, eos_position, length_penalty", [
+    (3, 3, 3, 1.0),    # hypotheses end with EOS; the search stops after 4 steps
+    (3, 3, 3, 0.5),    # the same, a weaker length penalty: a shorter hypothesis wins
+    (1, 3, 3, 0.5),    # an EOS candidate ranked below K must not finish
+    (4, 2, 3, 2.0),    # length_penalty 2 favours the long ones
+    (0, 2, 1, 2.0),    # EOS after 2 tokens: both hypotheses end early and the search stops at once
+    (8, 3, 5, 1.0),    # several beams pick EOS in one step: 2K candidates still leave K that go on
+])
+def test_beam_search_with_eos_and_length_penalty_matches_transformers(impl, seed, K, eos_position, length_penalty):
+    """有 EOS（假设提前结束）且 length_penalty 不为 1：所有假设及其分数与 transformers 的 generate 相同"""
+    ours, theirs, ids, eos = _prompt_and_eos(seed, K, eos_position)
+    expected, scores, _ = _transformers_beam_search(theirs, ids, K, 8, length_penalty, eos, K)
+    hypotheses, got_scores = impl.beam_search(ours, ids, K, 8, length_penalty, eos, K)
+    check_equal(_as_lists(hypotheses), expected,
+                "候选的 token 是 EOS 就结束：只有排名前 K 的结束候选放进堆（分数 = 累计 log 概率 / n ** length_penalty，"
+                "n 含 EOS），堆里最多 K 个；不结束的前 K 个才是新束；假设要含 EOS，按分数从高到低返回")
+    check_close(got_scores, scores, "已完成假设的分数 = 累计 log 概率 / 生成长度 ** length_penalty", atol=1e-4)
+
+
+@pytest.mark.parametrize("seed, K, eos_position, length_penalty", [(3, 3, 3, 1.0), (0, 2, 1, 2.0)])
+def test_beam_search_stops_when_transformers_stops(impl, seed, K, eos_position, length_penalty):
+    """提前停止与 transformers 默认的 early_stopping=False 同一步；用 KV 缓存：prefill 一次，之后每步只送新 token"""
+    from .helpers import CountingModel
+
+    ours, theirs, ids, eos = _prompt_and_eos(seed, K, eos_position)
+    _, _, steps = _transformers_beam_search(theirs, ids, K, 8, length_penalty, eos, K)
+    assert steps < 8, "test case broken: transformers ran to the maximum length"
+    counting = CountingModel(ours)
+    impl.beam_search(counting, ids, K, 8, length_penalty, eos, K)
+    check_equal(counting.calls, steps,
+                f"transformers 在第 {steps} 步就停了：堆里已有 K 个假设，且最好的运行中的束按当前长度算的分数"
+                "（累计 log 概率 / n ** length_penalty）不高于堆里最差的，就不再前向")
+    check_equal(counting.tokens_fed, ids.shape[1] + counting.calls - 1,
+                "第一次前向送入整个提示词（K 份，形状 (K, T)），之后每步只送每条束的新 token (K, 1)，缓存用 reorder 跟着父束走")

@@ -139,7 +139,7 @@ def test_beam_search_without_eos_matches_transformers(impl):
     (8, 3, 5, 1.0),    # several beams pick EOS in one step: 2K candidates still leave K that go on
 ])
 def test_beam_search_with_eos_and_length_penalty_matches_transformers(impl, seed, K, eos_position, length_penalty):
-    """有 EOS（假设提前结束）且 length_penalty 不为 1：所有假设及其分数与 transformers 的 generate 相同"""
+    """有 EOS（假设提前结束），length_penalty 为 0.5、1 或 2：所有假设及其分数与 transformers 的 generate 相同"""
     ours, theirs, ids, eos = _prompt_and_eos(seed, K, eos_position)
     expected, scores, _ = _transformers_beam_search(theirs, ids, K, 8, length_penalty, eos, K)
     hypotheses, got_scores = impl.beam_search(ours, ids, K, 8, length_penalty, eos, K)

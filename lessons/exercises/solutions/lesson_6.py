@@ -29,7 +29,7 @@ def beam_search(model, input_ids: torch.Tensor, num_beams: int, max_new_tokens: 
                 parent, token = divmod(index, V)
                 tokens = beams[parent] + [token]
                 if token == eos_token_id or n == max_new_tokens:   # this candidate ends here
-                    if rank < K:                                    # only the top K may finish
+                    if rank < K:       # only the top K may finish; the other K only refill the running beams
                         heapq.heappush(finished, (score / n ** length_penalty, tokens))
                         if len(finished) > K:
                             heapq.heappop(finished)                 # the worst hypothesis leaves

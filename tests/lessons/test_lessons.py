@@ -48,11 +48,12 @@ def test_notebook_form(path):
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
 def test_every_derivation_is_checked(path):
-    """A mechanism the lesson writes itself (a function or class named my_* / My*) appears in an assert that
-    holds it to the package or to transformers: derive, then verify."""
+    """Every lesson writes its mechanisms itself (functions or classes named my_* / My*), and each of them appears
+    in an assert that holds it to the package or to transformers: derive, then verify."""
     tree = ast.parse(_code(nbformat.read(path, as_version=4)))
     derived = {node.name for node in ast.walk(tree) if isinstance(node, (ast.FunctionDef, ast.ClassDef))
                and (node.name.startswith("my_") or node.name.startswith("My"))}
+    assert derived, f"{path.name} derives nothing: write the lesson's mechanism as my_* in plain PyTorch, then check it"
     asserted = {name.id for node in ast.walk(tree) if isinstance(node, ast.Assert)
                 for name in ast.walk(node) if isinstance(name, ast.Name)}
     # a derivation may also be checked through a variable computed from it right before the assert

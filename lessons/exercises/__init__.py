@@ -81,3 +81,35 @@ def load_implementation(lesson: int, which: str) -> SimpleNamespace:
         raise AttributeError(f"{which} does not define {missing} for lesson {lesson}; start from a copy of "
                              f"{stub_path(lesson)} (`python -m lessons.grade {lesson} --init`)")
     return SimpleNamespace(**{name: getattr(source, name) for name in names})
+
+
+def yours_or_reference(lesson: int, name: str):
+    """Exercise `name` of `lesson` for a notebook cell to use: your answer in lessons/answers/lesson_N.py once you
+    have written it, else the reference. Says once which one runs; if your function still raises the stub's
+    NotImplementedError, the reference runs in its place (the grader, not this, tells you whether yours is right).
+    """
+    if name not in exercise_names(lesson):
+        raise KeyError(f"lesson {lesson} has no exercise {name!r}; its exercises: {exercise_names(lesson)}")
+    reference = getattr(load_implementation(lesson, "reference"), name)
+    path = answer_path(lesson)
+    shown = path.relative_to(LESSONS_DIR.parent) if path.is_relative_to(LESSONS_DIR.parent) else path
+    yours = getattr(_load_file(path, f"lesson_{lesson}_answer"), name, None) if path.is_file() else None
+    if yours is None:
+        print(f"{name}: 用的是参考答案（{shown} 里还没有它；`python -m lessons.grade {lesson} --init` 之后去写）")
+        return reference
+    said = []
+
+    def call(*args, **kwargs):
+        try:
+            result = yours(*args, **kwargs)
+        except NotImplementedError:
+            if not said:
+                print(f"{name}: 你的答案还没写（NotImplementedError），这里用参考答案")
+            said.append(True)
+            return reference(*args, **kwargs)
+        if not said:
+            print(f"{name}: 用的是你的答案（{shown}）")
+        said.append(True)
+        return result
+
+    return call

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from lessons.exercises import EXERCISES_DIR, available_lessons, exercise_names, load_implementation, stub_path
+from lessons.exercises import (EXERCISES_DIR, available_lessons, exercise_names, load_implementation, stub_path,
+                               yours_or_reference)
 
 pytestmark = pytest.mark.slow  # the grader runs every lesson's exercises in a subprocess, twice
 
@@ -178,3 +179,23 @@ def test_solution_is_shown_only_after_an_attempt(tmp_path):
     assert grade("--solution", "2.9", env=env).returncode == 1
     forced = grade("--solution", "5.8", "--force", env=env)
     assert forced.returncode == 0 and "def generate_with_cache" in forced.stdout
+
+
+def test_a_notebook_cell_uses_your_answer_once_written_else_the_reference(tmp_path, monkeypatch, capsys):
+    """distinct_n (exercise 5.11): no answer file, the untouched stub, then an answer of one's own."""
+    monkeypatch.setenv("SCRATCH_LM_ANSWERS_DIR", str(tmp_path))
+    rows = [[1, 2, 1, 2], [3, 3, 3, 3]]
+    pairs = [tuple(row[i:i + 2]) for row in rows for i in range(len(row) - 1)]
+    expected = len(set(pairs)) / len(pairs)  # distinct-2 by its definition: 3 different pairs among 6
+    assert yours_or_reference(5, "distinct_n")(rows, 2) == pytest.approx(expected)
+    assert "参考答案" in capsys.readouterr().out
+
+    (tmp_path / "lesson_5.py").write_text(stub_path(5).read_text())  # --init: every function still a stub
+    assert yours_or_reference(5, "distinct_n")(rows, 2) == pytest.approx(expected)
+    assert "NotImplementedError" in capsys.readouterr().out
+
+    (tmp_path / "lesson_5.py").write_text(stub_path(5).read_text() + "\n\ndef distinct_n(rows, n):\n    return 0.25\n")
+    assert yours_or_reference(5, "distinct_n")(rows, 2) == 0.25  # a wrong answer runs as written
+    assert "你的答案" in capsys.readouterr().out
+    with pytest.raises(KeyError, match="distinct_m"):
+        yours_or_reference(5, "distinct_m")

@@ -79,17 +79,25 @@ def min_p_filter(scores: torch.Tensor, min_p: float, min_tokens_to_keep: int = 1
 
 def generate_with_cache(model, input_ids: torch.Tensor, max_new_tokens: int, eos_token_id: int | None = None,
                         do_sample: bool = False, temperature: float = 1.0, top_k: int | None = None,
-                        top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
-    """Exercise 5.8：自己的 generate()：KV 缓存、贪心或采样、遇到 EOS 停止（综合练习，约 25 行）。
+                        top_p: float | None = None, generator: torch.Generator | None = None,
+                        attention_mask: torch.Tensor | None = None, pad_token_id: int | None = None) -> torch.Tensor:
+    """Exercise 5.8：自己的 generate()：一批左 padding 的提示词、KV 缓存、贪心或采样、EOS（综合练习，约 35 行）。
 
-    model 是包里的 CausalLM：`cache = DynamicCache()`（from cache import
-    DynamicCache），`model(ids, cache=cache).logits` 形状 (1, T, V)，并把 ids 的 K、V 追加进 cache。
-    input_ids 形状 (1, T)（batch 为 1）。
-    - 第一步把整个提示词送进模型（prefill）；之后每步**只送新 token**（评分会数模型一共看到了多少个 token）
-    - 贪心：argmax；do_sample=True：logits / temperature → top-k（可选）→ top-p（可选）→ softmax →
-      torch.multinomial(probs, 1, generator=generator)
-    - 生成了 eos_token_id 就停（EOS 本身包含在输出里）；最多 max_new_tokens 个
-    返回新生成的 token，形状 (1, n)，dtype long。
+    课时5 的 my_generate 只处理一个提示词；这里是 transformers generate() 的一般形式。
+    model 是包里的 CausalLM：`cache = DynamicCache()`（from cache import DynamicCache），
+    `model(ids, attention_mask=mask, position_ids=pos, cache=cache).logits` 形状 (B, T, V)，
+    并把 ids 的 K、V 追加进 cache。input_ids (B, T)；attention_mask (B, T)，padding 处为 0、在左边
+    （None 表示没有 padding）。
+    - 第一步把整批提示词送进模型（prefill）；之后每步**只送新 token** (B, 1)（评分会数模型看到了多少个 token）
+    - attention_mask 每步接上一列 1：它覆盖缓存里的全部位置加上新 token，(B, past + 1)
+    - 位置编号从 mask 算：cumsum(mask) - 1（左边的 padding 不占位置，每行第一个真实 token 是位置 0），
+      之后每步每行加 1
+    - 贪心：argmax；do_sample=True：logits / temperature → top-k（可选）→ top-p（可选，与 transformers 相同：
+      升序排序，累积和 <= 1 - top_p 的去掉，最好的一个总保留）→ softmax →
+      整个 batch 一次 torch.multinomial(probs, 1, generator=generator)
+    - 某行生成了 eos_token_id 之后（EOS 本身留在输出里），这一行之后每步都只得到 pad_token_id
+      （None 时用 eos_token_id，与 transformers 相同）；所有行都结束了就停，最多 max_new_tokens 步
+    返回新生成的 token，形状 (B, n)，dtype long（n 是实际走的步数）。
     """
     raise NotImplementedError("Exercise 5.8: generate_with_cache")
 

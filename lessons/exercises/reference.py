@@ -1,6 +1,6 @@
 """The reference solutions: the package's own functions (one implementation of each idea), and for the
 exercises that build something the package does not have in that shape (a whole forward from a state_dict,
-a 25-line generate, the speculative loop, training), the plain-PyTorch solutions in `solutions/`.
+a batched, left-padded generate, the speculative loop, training), the plain-PyTorch solutions in `solutions/`.
 
 Each stub in `lesson_N.py` has the signature of the package function named here. Where the package
 function is a method (e.g. `RMSNorm.forward`), the stub takes the object as its first argument `self`.

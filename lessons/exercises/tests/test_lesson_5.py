@@ -233,6 +233,139 @@ def test_generate_with_cache_stops_at_eos(impl):
                 "生成了 eos_token_id 就停止（EOS 本身也在输出里）")
 
 
+PAD = 0  # TINY_LLAMA's pad_token_id; its eos_token_id is 2
+PROMPTS = [[1, 5, 9, 13, 7, 3], [1, 8, 11], [1, 4, 4, 8, 20]]  # three lengths: rows 1 and 2 are left-padded
+
+
+def _left_padded(prompts: list[list[int]]) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids and attention_mask (B, T) with the padding on the left, as tokenizers do for generation."""
+    T = max(len(p) for p in prompts)
+    ids = torch.tensor([[PAD] * (T - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (T - len(p)) + [1] * len(p) for p in prompts])
+    return ids, mask
+
+
+def _transformers_generate(theirs, ids, mask, seed: int = 0, **options) -> list[list[int]]:
+    """The oracle: transformers' generate() on the padded batch; only the new tokens, (B, n) as lists."""
+    options = {"top_k": None, "top_p": None, "pad_token_id": PAD, **options}  # no top-k 50 by default
+    torch.manual_seed(seed)  # transformers samples with the global generator
+    with torch.no_grad():
+        out = theirs.generate(ids, attention_mask=mask, **options)
+    return out[:, ids.shape[1]:].tolist()
+
+
+def _first_step(row: list[int], token: int) -> int:
+    return row.index(token) if token in row else len(row)
+
+
+@pytest.mark.parametrize("finish", ["one_row_early", "every_row"])
+def test_generate_with_cache_padded_batch_greedy_matches_transformers(impl, finish):
+    """左 padding 的一批提示词、贪心、EOS：与 transformers 的 generate() 逐 token 相同"""
+    from .helpers import tiny_llama_pair
+
+    ours, theirs = tiny_llama_pair(5)
+    ids, mask = _left_padded(PROMPTS)
+    n = 10
+    alone = [_greedy_by_full_forward(theirs, torch.tensor([p]), n) for p in PROMPTS]  # each prompt by itself
+    vocab = sorted({t for row in alone for t in row})
+    if finish == "one_row_early":  # EOS: a token only row 0 makes, early; rows 1 and 2 run to max_new_tokens
+        eos = next(t for t in vocab if _first_step(alone[0], t) < n // 2 and all(t not in r for r in alone[1:]))
+    else:  # EOS: a token every row makes, at different steps; generation ends before max_new_tokens
+        eos = next(t for t in vocab if all(t in r for r in alone) and len({r.index(t) for r in alone}) > 1
+                   and max(r.index(t) for r in alone) < n - 1)
+    expected = _transformers_generate(theirs, ids, mask, max_new_tokens=n, do_sample=False, eos_token_id=eos)
+    got = impl.generate_with_cache(ours, ids, max_new_tokens=n, eos_token_id=eos, attention_mask=mask,
+                                   pad_token_id=PAD)
+    if isinstance(got, torch.Tensor) and got.shape[0] == 3 and got.tolist()[1:] != expected[1:] \
+            and got.tolist()[0] == expected[0]:
+        raise AssertionError("不带 padding 的第 0 行对了，带左 padding 的第 1、2 行不对：把 attention_mask 传给模型"
+                             "（每步都要覆盖缓存里的位置加上新 token，(B, past + 1)），位置编号从 mask 算："
+                             "cumsum(mask) - 1，每行第一个真实 token 是位置 0"
+                             f"\n(got {got.tolist()!r}, expected {expected!r})")
+    check_equal(got.tolist() if isinstance(got, torch.Tensor) else got, expected,
+                "每行生成了 eos_token_id 之后只再得到 pad_token_id；所有行都结束了（或到了 max_new_tokens）就停止；"
+                "返回新 token，形状 (B, n)")
+
+
+@pytest.mark.parametrize("options", [dict(temperature=1.3, top_k=20), dict(temperature=0.9, top_k=30, top_p=0.8)],
+                         ids=["temperature_top_k", "temperature_top_k_top_p"])
+def test_generate_with_cache_padded_batch_sampling_matches_transformers(impl, options):
+    """左 padding 的一批提示词、采样、一行提前遇到 EOS：与同一种子下 transformers 的 generate() 逐 token 相同"""
+    from .helpers import tiny_llama_pair
+
+    ours, theirs = tiny_llama_pair(5)
+    ids, mask = _left_padded(PROMPTS)
+    eos, seed, n = 2, 3, 10
+    expected = _transformers_generate(theirs, ids, mask, seed, max_new_tokens=n, do_sample=True, eos_token_id=eos,
+                                      **options)
+    # the case this test is about: one row reaches EOS early and is padded while the others go on to the end
+    assert len(expected[0]) == n and any(row[-1] == PAD and eos in row for row in expected), expected
+    got = impl.generate_with_cache(ours, ids, max_new_tokens=n, eos_token_id=eos, do_sample=True,
+                                   generator=torch.Generator().manual_seed(seed), attention_mask=mask,
+                                   pad_token_id=PAD, **options)
+    check_equal(got.tolist() if isinstance(got, torch.Tensor) else got, expected,
+                "每步：logits / temperature → top-k → top-p（与 transformers 相同：升序排序，累积和 <= 1 - top_p 的去掉）"
+                "→ softmax → 整个 batch 一次 torch.multinomial(probs, 1, generator=generator)；"
+                "已经结束的行也参加这次抽样，但得到的 token 换成 pad_token_id")
+
+
+class _ShapeRecorder(torch.nn.Module):
+    """Wraps a model and records, per forward call, the input_ids shape, the attention_mask and the position_ids."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        super().__init__()
+        self.model, self.config, self.calls, self.masks, self.positions = model, model.config, [], [], []
+
+    def forward(self, input_ids, *args, **kwargs):
+        mask = kwargs.get("attention_mask", args[0] if args else None)
+        positions = kwargs.get("position_ids", args[1] if len(args) > 1 else None)
+        self.calls.append((tuple(input_ids.shape), None if mask is None else mask.shape[-1]))
+        self.masks.append(mask)
+        self.positions.append(positions)
+        return self.model(input_ids, *args, **kwargs)
+
+
+def test_generate_with_cache_padded_batch_feeds_one_token_per_step(impl):
+    """一批提示词：先一次 prefill (B, T)，之后每步只送 (B, 1)，attention_mask 每步长一列"""
+    from .helpers import tiny_llama_pair
+
+    ours, _ = tiny_llama_pair(5)
+    recorder = _ShapeRecorder(ours)
+    ids, mask = _left_padded(PROMPTS)
+    B, T = ids.shape
+    impl.generate_with_cache(recorder, ids, max_new_tokens=5, attention_mask=mask, pad_token_id=PAD)
+    check_equal(recorder.calls, [((B, T), T)] + [((B, 1), T + step) for step in range(1, 5)],
+                "第一步把整批提示词 (B, T) 连同 attention_mask 送进模型（prefill），之后每步只送新 token (B, 1)，"
+                "并把 attention_mask 接上一列 1（它覆盖缓存里的全部位置和新 token）；没有 EOS 时正好 max_new_tokens 步")
+
+
+def test_generate_with_cache_padded_batch_positions_count_real_tokens(impl):
+    """位置编号从 attention_mask 算：每行第一个真实 token 是位置 0，之后每步加 1"""
+    from .helpers import tiny_llama_pair
+
+    ours, _ = tiny_llama_pair(5)
+    recorder = _ShapeRecorder(ours)
+    ids, mask = _left_padded(PROMPTS)
+    impl.generate_with_cache(recorder, ids, max_new_tokens=4, attention_mask=mask, pad_token_id=PAD)
+    if not recorder.calls or recorder.masks[0] is None:
+        raise AssertionError("把 attention_mask 传给模型：model(ids, attention_mask=mask, cache=cache)")
+    lengths = torch.tensor([len(p) for p in PROMPTS])[:, None]     # real prompt tokens per row, (B, 1)
+    for step, positions in enumerate(recorder.positions):
+        if positions is None:
+            continue  # the model then counts the mask's real tokens itself (model.causal_lm.default_position_ids)
+        T = ids.shape[1] if step == 0 else 1
+        # the real slots: the last len(p) of the prompt at step 0, the one new token afterwards
+        expected = (torch.arange(ids.shape[1])[None, :] - (ids.shape[1] - lengths)) if step == 0 else lengths - 1 + step
+        real = mask.bool() if step == 0 else torch.ones(len(PROMPTS), 1, dtype=torch.bool)
+        got = positions.expand(len(PROMPTS), T)
+        if not torch.equal(got[real], expected.expand(len(PROMPTS), T)[real]):
+            raise AssertionError(
+                "位置编号 = cumsum(attention_mask) - 1：左边的 padding 不占位置，每行第一个真实 token 是位置 0，"
+                "之后每步加 1。（RoPE 只看相对位置，整行平移在这个小模型的 logits 里看不出来；但 transformers "
+                "就是这样编号的，位置也不能超出 max_position_embeddings）"
+                f"\n(第 {step} 次前向：got {got.tolist()!r}，真实 token 应为 {expected.tolist()!r})")
+
+
 def test_generate_with_cache_sampling_distribution(impl):
     """temperature 1.5、top_k 5 采样：第一个 token 服从 softmax(top-5(logits / 1.5))"""
     from .helpers import tiny_llama_pair

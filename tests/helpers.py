@@ -6,11 +6,13 @@ Imported as `from helpers import save_tiny_llama` from any test folder (pyprojec
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import threading
 import time
 from pathlib import Path
 
+import pytest
 import torch
 
 REPO = Path(__file__).resolve().parents[1]  # the repository root
@@ -86,3 +88,17 @@ def default_model_dir() -> Path | None:
 
     path = default_model_path()
     return path if (path / "config.json").is_file() else None
+
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def copy_default_tokenizer(folder: Path) -> Path:
+    """Put the default model's tokenizer files (SmolLM2's vocabulary and chat template) into `folder`, beside a tiny
+    model's weights; skip the test when the default model is not prepared."""
+    source = default_model_dir()
+    if source is None:
+        pytest.skip("needs the default model's tokenizer files: python -m model.zoo fetch smollm2-135m-instruct")
+    for name in TOKENIZER_FILES:
+        shutil.copy(source / name, folder)
+    return folder

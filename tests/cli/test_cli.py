@@ -24,7 +24,8 @@ import pytest
 import torch
 import transformers  # the oracle
 
-from helpers import default_model_dir, read_until_printed, save_tiny_gpt_oss, save_tiny_llama
+from helpers import (TOKENIZER_FILES, copy_default_tokenizer, default_model_dir, read_until_printed, save_tiny_gpt_oss,
+                     save_tiny_llama)
 
 
 SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "generate.py"
@@ -33,15 +34,11 @@ CONTEXT = 1024  # the tiny model's max_position_embeddings
 SUMMARY = re.compile(r"^\[prompt \d+ tokens, (\d+) new tokens in [\d.]+ s \([\d.]+ tokens/s\), "
                      r"stop: ((?:eos|stop_string|max_new_tokens|interrupted)(?:, (?:eos|stop_string|max_new_tokens))*)"
                      r"(, seed \d+)?(.*)\]$")  # (new, stop, seed, the rest)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """(folder, hf model, hf tokenizer): random weights, the SmolLM2 tokenizer and chat template."""
-    source = default_model_dir()
-    if source is None:
-        pytest.skip("needs the default model's tokenizer files: python -m model.zoo fetch smollm2-135m-instruct")
     folder = tmp_path_factory.mktemp("tiny_chat")
     hf = save_tiny_llama(folder, vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                          num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=CONTEXT,
@@ -49,8 +46,7 @@ def tiny(tmp_path_factory):
     with torch.no_grad():
         hf.lm_head.weight[EOS] = 0.0  # logit 0 never wins greedily: every run lasts max_new_tokens
     hf.save_pretrained(folder)
-    for name in TOKENIZER_FILES:
-        shutil.copy(source / name, folder)
+    copy_default_tokenizer(folder)
     return folder, hf, transformers.AutoTokenizer.from_pretrained(folder)
 
 

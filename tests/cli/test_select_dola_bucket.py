@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-from helpers import default_model_dir, save_tiny_llama
+from helpers import copy_default_tokenizer, save_tiny_llama
 from generation import generate
 from generation.dola import bucket_layers, dola_buckets
 from generation.dola_choice import resolve_dola_layers
@@ -57,14 +56,10 @@ def test_the_verdict_rule_on_hand_made_accuracies(script):
 @pytest.fixture(scope="module")
 def tiny_with_tokenizer(tmp_path_factory):
     """A 7-layer random model (buckets 1-2, 3-4, 5-6) with the default model's tokenizer."""
-    source = default_model_dir()
-    if source is None:
-        pytest.skip("needs the default model's tokenizer files: python -m model.zoo fetch smollm2-135m-instruct")
     folder = tmp_path_factory.mktemp("tiny_dola")
     save_tiny_llama(folder, vocab_size=49152, hidden_size=32, intermediate_size=64, num_hidden_layers=7,
                     initializer_range=0.4)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(source / name, folder)
+    copy_default_tokenizer(folder)
     from tokenizer import load_tokenizer
     return folder, load_pretrained(folder, dtype=torch.float32), load_tokenizer(folder)
 

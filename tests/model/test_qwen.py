@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import shutil
 import sys
 from pathlib import Path
 
@@ -13,7 +12,7 @@ import torch
 import transformers
 from transformers import Qwen2Config, Qwen3Config
 
-from helpers import default_model_dir
+from helpers import copy_default_tokenizer
 from model import load_pretrained
 from model.config import ConfigError, ModelConfig
 
@@ -153,12 +152,8 @@ def run_cli(argv: list[str]) -> int:
 
 def test_the_cli_takes_a_qwen3_folder(tmp_path, capsys):
     """--model with a tiny Qwen3 folder (the default model's tokenizer beside it): transformers' greedy text."""
-    source = default_model_dir()
-    if source is None:
-        pytest.skip("needs the default model's tokenizer files: python -m model.zoo fetch smollm2-135m-instruct")
     hf = save_tiny_qwen(tmp_path, "qwen3", vocab_size=49152, eos_token_id=2, pad_token_id=2, tie_word_embeddings=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(source / name, tmp_path)
+    copy_default_tokenizer(tmp_path)
     tokenizer = transformers.AutoTokenizer.from_pretrained(tmp_path)
     ids = tokenizer("Once upon a time", return_tensors="pt").input_ids
     new = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=6, do_sample=False)[0, ids.shape[1]:]

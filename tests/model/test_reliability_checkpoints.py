@@ -7,13 +7,12 @@ transformers loading the same folder.
 from __future__ import annotations
 
 import json
-import shutil
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from helpers import default_model_dir, save_tiny_llama
+from helpers import copy_default_tokenizer, save_tiny_llama
 from model import CheckpointError, ConfigError, ModelConfig, load_pretrained
 from tokenizer import load_tokenizer
 
@@ -147,12 +146,7 @@ def test_config_json_that_is_not_an_object(tmp_path):
 # --------------------------------------------------------------------------- tokenizer files
 @pytest.fixture
 def tokenizer_copy(tmp_path):
-    folder = default_model_dir()
-    if folder is None:
-        pytest.skip("default model not prepared: run `python -m model.zoo fetch smollm2-135m-instruct`")
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(folder / name, tmp_path / name)
-    return tmp_path
+    return copy_default_tokenizer(tmp_path)
 
 
 @pytest.mark.parametrize("name", ["tokenizer.json", "tokenizer_config.json"])

@@ -22,7 +22,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from helpers import MEASURE_PRELUDE, save_tiny_llama
+from helpers import MEASURE_PRELUDE, copy_default_tokenizer, save_tiny_llama
 from model import CheckpointError, ConfigError, load_pretrained
 from model.checks import check_memory
 
@@ -196,14 +196,9 @@ def test_file_given_as_the_model_folder_on_the_command_line(tiny, capsys):
     ("chat_template.jinja", b"{{ 'caf\xe9' }}", r"chat_template.jinja is not UTF-8 text \(byte 7\)"),
 ])
 def test_tokenizer_files_that_are_not_text_name_the_file(tmp_path, name, text, message):
-    from cli.test_cli import TOKENIZER_FILES, default_model_dir
     from tokenizer import TokenizerFileError, load_tokenizer
 
-    source = default_model_dir()
-    if source is None:
-        pytest.skip("needs the default model's tokenizer files")
-    for file in TOKENIZER_FILES:
-        shutil.copy(source / file, tmp_path)
+    copy_default_tokenizer(tmp_path)
     (tmp_path / name).write_bytes(text)
     with pytest.raises(TokenizerFileError, match=message):
         load_tokenizer(tmp_path)

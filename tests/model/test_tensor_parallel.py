@@ -22,7 +22,7 @@ import torch
 import numpy as np
 from safetensors import safe_open
 
-from helpers import default_model_dir, read_until_printed, save_tiny_gpt_oss, save_tiny_llama
+from helpers import copy_default_tokenizer, read_until_printed, save_tiny_gpt_oss, save_tiny_llama
 from model import load_pretrained
 from model.tensor_parallel import split_range
 from tensor_parallel_worker import DECODING, MASK, PROMPTS, decode_all
@@ -229,15 +229,10 @@ def test_a_shard_missing_on_one_process_fails_on_every_process(results):
 @pytest.fixture(scope="module")
 def chat_model(tmp_path_factory) -> Path:
     """A tiny random LLaMA with the default model's tokenizer (6 query, 3 key-value heads: split 4 + 2, 2 + 1)."""
-    source = default_model_dir()
-    if source is None:
-        pytest.skip("needs the default model's tokenizer files: python -m model.zoo fetch smollm2-135m-instruct")
     folder = tmp_path_factory.mktemp("tp_chat")
     save_tiny_llama(folder, vocab_size=49152, hidden_size=48, num_attention_heads=6, num_key_value_heads=3,
                     max_position_embeddings=512, initializer_range=0.2, eos_token_id=2)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(source / name, folder)
-    return folder
+    return copy_default_tokenizer(folder)
 
 
 def test_generate_script_prints_once_what_one_process_prints(chat_model, tmp_path):

@@ -253,7 +253,8 @@ def test_plot_writes_a_png(tiny, cli, capsys, tmp_path, flags):
                               "--max-new-tokens", "5", *flags, "--plot", str(tmp_path / "figure.png"))
     assert code == 0, err
     assert (tmp_path / "figure.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert SUMMARY.match(err.strip()).group(4).endswith(f"{tmp_path / 'figure.png'}")
+    # the last line: the first entropy run on a machine may print that it compiles the entropy kernel before it
+    assert SUMMARY.match(err.strip().splitlines()[-1]).group(4).endswith(f"{tmp_path / 'figure.png'}"), err
 
 
 def test_several_beam_sequences_are_printed_in_order(tiny, cli, capsys):

@@ -5,14 +5,14 @@
 // so its speed is the speed at which the weights stream from memory. PyTorch's matrix-vector products (MKL for
 // float32, its own kernels for bfloat16/float16) stream a weight well below what memory delivers to a plain
 // loop that reads one long array. This loop comes close to that by doing the simplest thing: each thread walks
-// its share of W row by row,
-// front to back, so that memory sees a few long sequential reads, and asks for the bytes a little ahead of
-// use (_mm_prefetch) so that the next cache lines are on their way while the current ones are multiplied.
+// its share of W row by row, front to back, so that memory sees a few long sequential reads, and asks for the
+// bytes a little ahead of use (_mm_prefetch) so that the next cache lines are on their way while the current
+// ones are multiplied.
 //
-// W (out, in) row-major in float32, bfloat16 or float16, or int8 with a scale per row (model/quantize.py:
+// W (out, in) row-major in float32, bfloat16 or float16, or int8 with a scale per row (accel/quantize.py:
 // y[o] = scale[o] * sum_i q[o, i] x[i]); x (in,) or (rows, in) in any float dtype. Products and sums are in
 // float32 (as PyTorch's own CPU kernels do for bf16/fp16); y (out,) or (rows, out) is returned in x's dtype.
-// Needs AVX2, FMA and F16C (model/matvec.py checks the CPU before building).
+// Needs AVX2, FMA and F16C (accel/matvec.py checks the CPU before building).
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -95,21 +95,20 @@ def yours_or_reference(lesson: int, name: str):
     shown = path.relative_to(LESSONS_DIR.parent) if path.is_relative_to(LESSONS_DIR.parent) else path
     yours = getattr(_load_file(path, f"lesson_{lesson}_answer"), name, None) if path.is_file() else None
     if yours is None:
-        print(f"{name}: 用的是参考答案（{shown} 里还没有它；`python -m lessons.grade {lesson} --init` 之后去写）")
+        print(f"{name}: 用的是参考答案（{shown} 里还没有它；"
+              f"`python -m lessons.grade {lesson} --init` 之后去写）")
         return reference
-    said = []
+    announced = False
 
     def call(*args, **kwargs):
+        nonlocal announced
         try:
-            result = yours(*args, **kwargs)
+            result, which = yours(*args, **kwargs), f"用的是你的答案（{shown}）"
         except NotImplementedError:
-            if not said:
-                print(f"{name}: 你的答案还没写（NotImplementedError），这里用参考答案")
-            said.append(True)
-            return reference(*args, **kwargs)
-        if not said:
-            print(f"{name}: 用的是你的答案（{shown}）")
-        said.append(True)
+            result, which = reference(*args, **kwargs), "你的答案还没写（NotImplementedError），这里用参考答案"
+        if not announced:
+            print(f"{name}: {which}")
+            announced = True
         return result
 
     return call

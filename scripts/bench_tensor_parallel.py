@@ -23,7 +23,7 @@ import torch.distributed as dist  # noqa: E402
 
 from generation import generate  # noqa: E402
 from model.shard_loading import load_tensor_parallel  # noqa: E402
-from model.tensor_parallel import init_tensor_parallel  # noqa: E402
+from model.tensor_parallel import close_tensor_parallel, init_tensor_parallel  # noqa: E402
 
 MB = 1e6
 
@@ -79,7 +79,8 @@ def main() -> None:
             rate, plain = greedy_rate(load_pretrained(folder, dtype=torch.float32), args)
             same = torch.equal(plain.sequences, out.sequences)
             print(f"load_pretrained (not split), 1 thread: {rate:.1f} tokens/s, same tokens: {same}")
-    dist.destroy_process_group()
+    del model  # freed now, not at interpreter shutdown (see close_tensor_parallel)
+    close_tensor_parallel()
 
 
 if __name__ == "__main__":

@@ -268,7 +268,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(err), 1)
     finally:
         if "torch" in sys.modules and sys.modules["torch"].distributed.is_initialized():  # --tensor-parallel
-            sys.modules["torch"].distributed.destroy_process_group()
+            from model.tensor_parallel import close_tensor_parallel
+
+            close_tensor_parallel()
 
 
 if __name__ == "__main__":

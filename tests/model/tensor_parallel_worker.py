@@ -24,7 +24,7 @@ from cache import DynamicCache  # noqa: E402
 from generation import generate  # noqa: E402
 from model.shard_loading import load_tensor_parallel  # noqa: E402
 from model import load_pretrained  # noqa: E402
-from model.tensor_parallel import init_tensor_parallel, parallelize  # noqa: E402
+from model.tensor_parallel import close_tensor_parallel, init_tensor_parallel, parallelize  # noqa: E402
 
 # Two left-padded rows; longer than the tiny GPT-OSS sliding window (4), so windowed layers drop keys.
 PROMPTS = torch.tensor([[0, 0, 5, 17, 33, 8, 61, 12], [9, 41, 3, 77, 25, 14, 6, 50]])
@@ -100,8 +100,7 @@ def main() -> None:
         results[name] = check_failure(folder.format(rank=rank), mesh)
         say(f"process {rank}: checked the failing set-up {name}")
     torch.save(results, args.out / f"rank{rank}.pt")
-    torch.distributed.barrier()  # neither process tears the group down while the other may still use it
-    torch.distributed.destroy_process_group()
+    close_tensor_parallel()
     say(f"process {rank}: results saved, process group destroyed")
 
 

@@ -247,9 +247,9 @@ def init_tensor_parallel(device: str = "cpu", timeout_s: float = 120.0) -> Devic
 def close_tensor_parallel() -> None:
     """Leave the process group at the end of a run (every process calls it, after dropping its split model).
 
-    A split model freed only while the interpreter shuts down (at exit, or by the garbage collector then) makes
-    gloo abort the process ("terminate called without an active exception") in about one run of ten; collecting
-    the garbage first frees it while everything it uses is still alive."""
+    A split model freed only while the interpreter shuts down (at exit, or by the garbage collector then) can make
+    gloo abort the process ("terminate called without an active exception"); collecting the garbage first frees
+    it while everything it uses is still alive."""
     gc.collect()
     if dist.is_initialized():
         dist.destroy_process_group()
